@@ -1,0 +1,120 @@
+"""Settings from `COMFYMESH_*` environment variables, read once per process.
+
+Every knob of every service lives here so that one page (README "Configuration") documents them all and there is
+no second place where an environment variable is read. Services get the object from `get_settings()`; tests build
+their own `Settings(...)` instead of touching the environment.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, computed_field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Each service's default gRPC port; its Prometheus /metrics port is the gRPC port + METRICS_PORT_OFFSET.
+DEFAULT_PORTS: dict[str, int] = {
+    "control_plane": 50050,  # every control-plane service in one process (make run)
+    "workflow": 50051,
+    "queue": 50052,
+    "execution": 50053,
+    "model": 50054,
+    "auth": 50055,
+    "webhook": 50056,
+    "executor": 50061,
+}
+METRICS_PORT_OFFSET = 1000
+CONTROL_PLANE_SERVICES = ("workflow", "queue", "execution", "model", "auth", "webhook")
+
+
+class Settings(BaseSettings):
+    """All configuration. Field names map to `COMFYMESH_<NAME>` variables."""
+
+    model_config = SettingsConfigDict(env_prefix="COMFYMESH_", extra="ignore", frozen=True)
+
+    home: Path = Field(Path(".comfymesh"), description="Directory for all local state (SQLite, logs, data).")
+    environment: Literal["development", "production", "test"] = Field(
+        "development", description="Deployment kind; production refuses embedded defaults that lose data."
+    )
+
+    # --- Network ---
+    bind_host: str = Field("127.0.0.1", description="Address services listen on (0.0.0.0 in containers).")
+    workflow_port: int = Field(DEFAULT_PORTS["workflow"], description="WorkflowService gRPC port.")
+    queue_port: int = Field(DEFAULT_PORTS["queue"], description="QueueService gRPC port.")
+    execution_port: int = Field(DEFAULT_PORTS["execution"], description="ExecutionService gRPC port.")
+    model_port: int = Field(DEFAULT_PORTS["model"], description="ModelService gRPC port.")
+    auth_port: int = Field(DEFAULT_PORTS["auth"], description="AuthService gRPC port.")
+    webhook_port: int = Field(DEFAULT_PORTS["webhook"], description="WebhookService gRPC port.")
+    executor_port: int = Field(DEFAULT_PORTS["executor"], description="GpuExecutorService gRPC port.")
+    control_plane_port: int = Field(
+        DEFAULT_PORTS["control_plane"], description="Port of the all-in-one control-plane process."
+    )
+    metrics_port: int | None = Field(
+        None, description="Prometheus /metrics port of this process (default: its gRPC port + 1000; 0 disables)."
+    )
+    workflow_addr: str = Field("", description="host:port of WorkflowService for clients (default: local port).")
+    queue_addr: str = Field("", description="host:port of QueueService for clients.")
+    execution_addr: str = Field("", description="host:port of ExecutionService for clients.")
+    model_addr: str = Field("", description="host:port of ModelService for clients.")
+    auth_addr: str = Field("", description="host:port of AuthService for clients.")
+    webhook_addr: str = Field("", description="host:port of WebhookService for clients.")
+    executor_advertise_addr: str = Field("", description="host:port executors register under (default: local).")
+
+    # --- gRPC server ---
+    grpc_max_concurrent_rpcs: int = Field(512, description="RPCs in flight per process before RESOURCE_EXHAUSTED.")
+    grpc_max_message_bytes: int = Field(16 << 20, description="Largest gRPC message accepted, in bytes.")
+    grpc_keepalive_seconds: int = Field(30, description="Server keepalive ping interval, in seconds.")
+    shutdown_grace_seconds: float = Field(10.0, description="How long in-flight RPCs may finish after SIGTERM.")
+
+    # --- Gateway ---
+    gateway_port: int = Field(8080, description="Envoy listener (REST and gRPC).")
+    gateway_admin_port: int = Field(9901, description="Envoy admin port (bound to 127.0.0.1 only).")
+    gateway_rate_limit_rps: int = Field(200, description="Envoy's outer token bucket, requests per second.")
+    gateway_rate_limit_burst: int = Field(400, description="Envoy's outer token bucket size.")
+
+    # --- Backing systems ---
+    database_url: str = Field("", description="SQLAlchemy async URL; default SQLite under COMFYMESH_HOME.")
+    database_pool_size: int = Field(10, description="Connections per process (PostgreSQL).")
+    redis_url: str = Field("", description="Redis URL; `make run` starts a local Valkey when empty.")
+    s3_endpoint: str = Field("", description="S3 endpoint host:port; `make run` starts SeaweedFS when empty.")
+    s3_access_key: str = Field("comfymesh", description="S3 access key.")
+    s3_secret_key: str = Field("comfymesh-secret", description="S3 secret key.")
+    s3_secure: bool = Field(False, description="Use https for S3.")
+    s3_region: str = Field("us-east-1", description="S3 region.")
+    s3_bucket_prefix: str = Field("comfymesh", description="Buckets are named <prefix>-models, -inputs, -outputs.")
+    presigned_url_ttl_seconds: int = Field(3600, description="Lifetime of presigned output/model URLs.")
+
+    # --- Observability ---
+    log_level: str = Field("INFO", description="Root log level.")
+    log_format: Literal["json", "text"] = Field("json", description="json: one JSON object per line.")
+    otel_endpoint: str = Field("", description="OTLP/gRPC endpoint; tracing is off when empty.")
+    service_instance: str = Field("", description="Instance name in logs and traces (default: host:pid).")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.home / 'comfymesh.db').resolve()}"
+
+    def port_of(self, component: str) -> int:
+        """The gRPC port of a component ("workflow", "executor", "control_plane", ...)."""
+        port: int = getattr(self, f"{component}_port")
+        return port
+
+    def address_of(self, component: str) -> str:
+        """Where clients reach a component: its `*_addr` setting, else this host's port."""
+        configured: str = getattr(self, f"{component}_addr", "")
+        return configured or f"127.0.0.1:{self.port_of(component)}"
+
+    def metrics_port_for(self, grpc_port: int) -> int:
+        """0 disables the metrics endpoint."""
+        return grpc_port + METRICS_PORT_OFFSET if self.metrics_port is None else self.metrics_port
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()
