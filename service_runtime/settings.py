@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     auth_addr: str = Field("", description="host:port of AuthService for clients.")
     webhook_addr: str = Field("", description="host:port of WebhookService for clients.")
     executor_advertise_addr: str = Field("", description="host:port executors register under (default: local).")
+    reflect_all_public_services: bool = Field(
+        False, description="List every public service in reflection (set on the process the gateway sends "
+                           "reflection to, so `grpcurl <gateway> list` shows the whole API)."
+    )
 
     # --- gRPC server ---
     grpc_max_concurrent_rpcs: int = Field(512, description="RPCs in flight per process before RESOURCE_EXHAUSTED.")
@@ -84,6 +88,10 @@ class Settings(BaseSettings):
     s3_secure: bool = Field(False, description="Use https for S3.")
     s3_region: str = Field("us-east-1", description="S3 region.")
     s3_bucket_prefix: str = Field("comfymesh", description="Buckets are named <prefix>-models, -inputs, -outputs.")
+    secret_key: str = Field(
+        "", description="Secret for page tokens and internal signatures; default: generated once into "
+                        "COMFYMESH_HOME/secret.key. Every replica must share it."
+    )
     presigned_url_ttl_seconds: int = Field(3600, description="Lifetime of presigned output/model URLs.")
 
     # --- Observability ---

@@ -1,0 +1,28 @@
+"""The Redis client factory: one pooled asyncio client per process, with timeouts and reconnect backoff."""
+
+from __future__ import annotations
+
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+
+def create_redis(url: str, *, max_connections: int = 64) -> redis.Redis:
+    """A client that survives a Redis restart: commands retry on connection errors with backoff.
+
+    Blocking reads (XREADGROUP BLOCK) set their own timeouts; `socket_timeout` is left unset for that reason and
+    `health_check_interval` detects dead idle connections instead.
+    """
+    if not url:
+        raise ValueError("COMFYMESH_REDIS_URL is empty; `make run` starts a local server, otherwise set it")
+    return redis.Redis.from_url(
+        url,
+        max_connections=max_connections,
+        socket_connect_timeout=5,
+        health_check_interval=15,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=6),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        decode_responses=False,
+    )

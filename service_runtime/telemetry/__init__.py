@@ -1,0 +1,1 @@
+"""Logs, metrics, tracing and the per-request context they share."""

@@ -1,0 +1,1 @@
+"""Transport helpers shared by servicers: conversions between generated messages and plain Python values."""

@@ -1,0 +1,74 @@
+"""ExecutionRecord ⇄ comfymesh.workflow.v1.Execution (transport layer only)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import duration_pb2, json_format, timestamp_pb2
+from google.rpc import status_pb2
+
+from comfymesh.common.v1 import execution_event_pb2
+from comfymesh.workflow.v1 import execution_pb2
+from service_runtime.transport.graph_codec import graph_to_proto
+from services.workflow.domain import ExecutionRecord, ExecutionState
+
+
+def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(int(seconds * 1e9))
+    return duration
+
+
+def state_to_proto(state: ExecutionState) -> int:
+    return int(execution_event_pb2.ExecutionState.Value(f"EXECUTION_STATE_{state}"))
+
+
+def state_from_proto(value: int) -> ExecutionState:
+    return ExecutionState(execution_event_pb2.ExecutionState.Name(value).removeprefix("EXECUTION_STATE_"))
+
+
+def _error(error: dict[str, Any]) -> status_pb2.Status:
+    return json_format.ParseDict(error, status_pb2.Status(), ignore_unknown_fields=True)
+
+
+def execution_to_proto(record: ExecutionRecord, *, include_graph: bool = True) -> execution_pb2.Execution:
+    message = execution_pb2.Execution(
+        name=f"executions/{record.id}", id=record.id, state=state_to_proto(record.state),  # type: ignore[arg-type]
+        priority=record.priority, webhook_url=record.webhook_url, labels=record.labels, tenant=record.tenant,
+        attempt_count=record.attempt_count, executor_id=record.executor_id, last_event_id=record.last_event_id,
+    )
+    if include_graph:
+        message.graph.CopyFrom(graph_to_proto(record.graph))
+    timings = message.timings
+    for name in ("create_time", "queue_time", "start_time", "end_time"):
+        stamp = _timestamp(getattr(record, name))
+        if stamp is not None:
+            getattr(timings, name).CopyFrom(stamp)
+    timings.queue_duration.CopyFrom(_duration(record.queue_seconds))
+    timings.run_duration.CopyFrom(_duration(record.run_seconds))
+    if record.queue_timeout_seconds is not None:
+        message.queue_timeout.CopyFrom(_duration(record.queue_timeout_seconds))
+    if record.run_timeout_seconds is not None:
+        message.run_timeout.CopyFrom(_duration(record.run_timeout_seconds))
+    for item in record.inputs:
+        message.inputs.add(name=item.get("name", ""), object_key=item.get("object_key", ""),
+                           content_type=item.get("content_type", ""), sha256=item.get("sha256", ""))
+    for timing in record.node_timings:
+        json_format.ParseDict(timing, message.node_timings.add(), ignore_unknown_fields=True)
+    for output in record.outputs:
+        json_format.ParseDict(output, message.outputs.add(), ignore_unknown_fields=True)
+    if record.error:
+        message.error.CopyFrom(_error(record.error))
+    message.cost.device_seconds = record.device_seconds
+    message.cost.device_type = record.device_type
+    message.cost.amount_usd = record.cost_usd
+    return message
