@@ -11,6 +11,7 @@ import asyncio
 
 from comfymesh.executor.v1 import executor_service_pb2, executor_service_pb2_grpc
 from service_runtime.grpc import GrpcServer, ServiceBinding, serve_until_signalled
+from service_runtime.grpc.contract import contract_only
 from service_runtime.settings import get_settings
 from service_runtime.telemetry.logs import configure_logging
 
@@ -25,7 +26,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = get_settings()
     configure_logging("executor", settings.log_level, settings.log_format, settings.service_instance)
-    binding = ServiceBinding(SERVICE_NAME, executor_service_pb2_grpc.GpuExecutorServiceServicer(),
+    binding = ServiceBinding(SERVICE_NAME, contract_only(executor_service_pb2_grpc.GpuExecutorServiceServicer),
                              executor_service_pb2_grpc.add_GpuExecutorServiceServicer_to_server)
     port = settings.executor_port if args.port is None else args.port
     asyncio.run(serve_until_signalled(GrpcServer(settings, "executor", [binding], port)))

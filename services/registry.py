@@ -11,6 +11,7 @@ from comfymesh.queue.v1 import queue_service_pb2, queue_service_pb2_grpc
 from comfymesh.webhook.v1 import webhook_service_pb2, webhook_service_pb2_grpc
 from comfymesh.workflow.v1 import workflow_service_pb2, workflow_service_pb2_grpc
 from service_runtime.grpc import ServiceBinding
+from service_runtime.grpc.contract import contract_only
 from services.context import AppContext
 from services.workflow.queries import ExecutionQueries
 from services.workflow.repository import ExecutionRepository
@@ -33,34 +34,35 @@ PUBLIC_SERVICES = (WORKFLOW, QUEUE, EXECUTION, MODEL, AUTH, WEBHOOK)
 
 def _workflow(ctx: AppContext) -> ServiceBinding:
     queries = ExecutionQueries(ExecutionRepository(ctx.db), ctx.page_tokens)
-    return ServiceBinding(WORKFLOW, WorkflowServicer(queries),
+    # WorkflowServicer implements Get/List so far; its other RPCs answer UNIMPLEMENTED.
+    return ServiceBinding(WORKFLOW, WorkflowServicer(queries),  # type: ignore[abstract]
                           workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server)
 
 
 # The services below serve the contract with every RPC answering UNIMPLEMENTED (reason NOT_IMPLEMENTED) until their
 # issues implement them; they already take part in health, reflection, routing and metrics.
 def _queue(ctx: AppContext) -> ServiceBinding:
-    return ServiceBinding(QUEUE, queue_service_pb2_grpc.QueueServiceServicer(),
+    return ServiceBinding(QUEUE, contract_only(queue_service_pb2_grpc.QueueServiceServicer),
                           queue_service_pb2_grpc.add_QueueServiceServicer_to_server)
 
 
 def _execution(ctx: AppContext) -> ServiceBinding:
-    return ServiceBinding(EXECUTION, execution_service_pb2_grpc.ExecutionServiceServicer(),
+    return ServiceBinding(EXECUTION, contract_only(execution_service_pb2_grpc.ExecutionServiceServicer),
                           execution_service_pb2_grpc.add_ExecutionServiceServicer_to_server)
 
 
 def _model(ctx: AppContext) -> ServiceBinding:
-    return ServiceBinding(MODEL, model_service_pb2_grpc.ModelServiceServicer(),
+    return ServiceBinding(MODEL, contract_only(model_service_pb2_grpc.ModelServiceServicer),
                           model_service_pb2_grpc.add_ModelServiceServicer_to_server)
 
 
 def _auth(ctx: AppContext) -> ServiceBinding:
-    return ServiceBinding(AUTH, auth_service_pb2_grpc.AuthServiceServicer(),
+    return ServiceBinding(AUTH, contract_only(auth_service_pb2_grpc.AuthServiceServicer),
                           auth_service_pb2_grpc.add_AuthServiceServicer_to_server)
 
 
 def _webhook(ctx: AppContext) -> ServiceBinding:
-    return ServiceBinding(WEBHOOK, webhook_service_pb2_grpc.WebhookServiceServicer(),
+    return ServiceBinding(WEBHOOK, contract_only(webhook_service_pb2_grpc.WebhookServiceServicer),
                           webhook_service_pb2_grpc.add_WebhookServiceServicer_to_server)
 
 

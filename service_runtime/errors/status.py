@@ -30,12 +30,14 @@ def to_status_proto(error: ServiceError) -> status_pb2.Status:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(error.retry_after_seconds * 1e9))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-    return status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
+    return status_pb2.Status(code=error.code.value[0], message=error.message,  # type: ignore[no-any-return]
+                             details=details)
 
 
 def to_grpc_status(error: ServiceError) -> grpc.Status:
     """What `context.abort_with_status` takes: code, message and the `grpc-status-details-bin` trailer."""
-    return rpc_status.to_status(to_status_proto(error))
+    status: grpc.Status = rpc_status.to_status(to_status_proto(error))
+    return status
 
 
 def from_status_proto(status: status_pb2.Status) -> ServiceError:

@@ -20,10 +20,10 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service_runtime.grpc.interceptors import default_interceptors
 from service_runtime.settings import Settings
 from service_runtime.telemetry import tracing
 from service_runtime.telemetry.metrics import MetricsEndpoint, rpc_metrics
-from service_runtime.grpc.interceptors import default_interceptors
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class GrpcServer:
         for hook in reversed(self.on_stop):
             try:
                 await hook()
-            except Exception:  # noqa: BLE001 - one failing cleanup must not skip the others
+            except Exception:
                 log.exception("cleanup hook failed")
         if self._metrics is not None:
             self._metrics.stop()

@@ -20,7 +20,6 @@ import socket
 import subprocess
 import threading
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -100,9 +99,10 @@ def _delays() -> Iterator[float]:
         delay = min(delay * 1.5, _MAX_DELAY_S)
 
 
-# Processes still running when the interpreter exits (a test run interrupted, a launcher crashing) are
-# stopped so no server outlives its owner. Weak references: a process nobody holds is not kept alive.
-_live: weakref.WeakSet[ManagedProcess] = weakref.WeakSet()
+# Processes started and not yet stopped. A strong reference on purpose: a running child stays owned until
+# `stop()` even if the caller dropped it (a test that failed half-way), and is stopped when the interpreter
+# exits (a test run interrupted, a launcher crashing) so no server outlives its owner.
+_live: set[ManagedProcess] = set()
 
 
 @atexit.register
@@ -226,7 +226,9 @@ class ManagedProcess:
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         raise AssertionError("unreachable")
 
-    async def async_wait_ready(self, probe: Callable[[], Awaitable[bool]], timeout: float) -> float:
+    # A `timeout` argument rather than `asyncio.timeout()` around the call: on expiry we raise with the
+    # process log tail and the last probe error, which a cancelled await could not report.
+    async def async_wait_ready(self, probe: Callable[[], Awaitable[bool]], timeout: float) -> float:  # noqa: ASYNC109
         """`wait_ready` for an async probe, without blocking the event loop."""
         loop = asyncio.get_running_loop()
         start = loop.time()

@@ -33,7 +33,8 @@ def state_to_proto(state: ExecutionState) -> int:
 
 
 def state_from_proto(value: int) -> ExecutionState:
-    return ExecutionState(execution_event_pb2.ExecutionState.Name(value).removeprefix("EXECUTION_STATE_"))
+    name = execution_event_pb2.ExecutionState.Name(value)  # type: ignore[arg-type]
+    return ExecutionState(name.removeprefix("EXECUTION_STATE_"))
 
 
 def _error(error: dict[str, Any]) -> status_pb2.Status:

@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from minio import Minio
 from minio.error import S3Error
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from service_runtime.processes import (
     GRPC_PORT_OFFSET,
@@ -114,7 +114,9 @@ async def test_async_wait_ready(tmp_path: Path) -> None:
     async def probe() -> bool:
         return marker.exists()
 
-    with ManagedProcess(["sh", "-c", f"sleep 0.1; touch {marker}; sleep 30"], log_path=tmp_path / "p.log") as p:
+    with ManagedProcess(
+        ["sh", "-c", f"sleep 0.1; touch {marker}; sleep 30"], log_path=tmp_path / "p.log"
+    ) as p:
         assert await p.async_wait_ready(probe, timeout=5) < 3
 
 
@@ -181,9 +183,9 @@ def test_valkey_persistent_restart_keeps_data_and_leaves_no_process(tmp_path: Pa
 def test_valkey_ephemeral_with_password(tmp_path: Path) -> None:
     with ValkeyServer(None, tmp_path, password="s3cret/pw") as server:
         assert server.url == f"redis://:s3cret%2Fpw@127.0.0.1:{server.port}/0"
-        with redis.Redis(host="127.0.0.1", port=server.port, retry=Retry(NoBackoff(), 0)) as anonymous:
-            with pytest.raises(redis.AuthenticationError):
-                anonymous.ping()
+        anonymous = redis.Redis(host="127.0.0.1", port=server.port, retry=Retry(NoBackoff(), 0))
+        with anonymous, pytest.raises(redis.AuthenticationError):
+            anonymous.ping()
         with server.client() as client:
             client.set("k", "v")
         server.restart()
@@ -244,6 +246,11 @@ def test_seaweedfs_refuses_wrong_credentials(
 # -- Envoy -------------------------------------------------------------------------------------------
 
 
+HCM_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+)
+
+
 def envoy_config(admin_port: int, listener_port: int | str) -> str:
     return textwrap.dedent(
         f"""\
@@ -257,7 +264,7 @@ def envoy_config(admin_port: int, listener_port: int | str) -> str:
             - filters:
               - name: envoy.filters.network.http_connection_manager
                 typed_config:
-                  "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                  "@type": {HCM_TYPE}
                   stat_prefix: ingress
                   route_config:
                     virtual_hosts:
