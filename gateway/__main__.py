@@ -43,9 +43,7 @@ def validate_config_file(path: str | Path, *, envoy: str | None = None) -> subpr
 def _config(args: argparse.Namespace) -> GatewayConfig:
     from service_runtime.settings import get_settings
 
-    return GatewayConfig.from_settings(
-        get_settings(), upstream_override=args.upstream, descriptor_path=args.descriptor
-    )
+    return GatewayConfig.from_settings(get_settings(), upstream_override=args.upstream, descriptor_path=args.descriptor)
 
 
 def _render(args: argparse.Namespace) -> int:

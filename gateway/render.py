@@ -61,7 +61,7 @@ def render_envoy_config(config: GatewayConfig) -> str:
     """The complete Envoy bootstrap (YAML) for `config`."""
     env = jinja2.Environment(
         undefined=jinja2.StrictUndefined,
-        autoescape=False,  # YAML, not HTML; values are emitted with `tojson`
+        autoescape=False,  # noqa: S701 - renders YAML, not HTML; every value is emitted with `tojson`
         keep_trailing_newline=True,
     )
     template = env.from_string(template_source())

@@ -155,9 +155,26 @@ class SeaweedFSServer:
     def stop(self, grace: float = 10.0) -> None:
         if self.process is not None:
             self.process.stop(grace)
+            self._remove_grpc_sockets()
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             self._socket_dir = None
+
+    def _remove_grpc_sockets(self) -> None:
+        # weed also opens unix sockets for its internal gRPC at a hard-coded /tmp/seaweedfs-<component>-grpc-
+        # <port>.sock (no flag moves them) and does not always remove them on exit. They are named by our
+        # ports, which no other server could hold while ours ran, so they are ours to clean up.
+        components = {
+            "master": self.master_port,
+            "volume": self.volume_port,
+            "filer": self.filer_port,
+            "s3": self.s3_port,
+            "admin": self.admin_port,
+        }
+        for component, port in components.items():
+            path = Path(f"/tmp/seaweedfs-{component}-grpc-{port + GRPC_PORT_OFFSET}.sock")  # noqa: S108
+            if path.is_socket():
+                path.unlink(missing_ok=True)
 
     def __enter__(self) -> Self:
         return self.start()

@@ -157,8 +157,10 @@ def test_from_settings_maps_each_component_to_its_address() -> None:
     config = GatewayConfig.from_settings(_settings(queue_addr="queue:6000"))
     assert config.upstreams["workflow"] == "127.0.0.1:50051"
     assert config.upstreams["queue"] == "queue:6000"
-    assert config.listen_port == 8080 and config.admin_port == 9901
-    assert config.max_request_body_bytes == 32 << 20 and config.max_response_body_bytes == 64 << 20
+    assert config.listen_port == 8080
+    assert config.admin_port == 9901
+    assert config.max_request_body_bytes == 32 << 20
+    assert config.max_response_body_bytes == 64 << 20
     assert set(config.components) == {component_of(s) for s in config.public_services}
 
     one_process = GatewayConfig.from_settings(_settings(), upstream_override="127.0.0.1:50050")
@@ -208,7 +210,8 @@ def test_rendered_yaml_structure(override: str | None) -> None:
     hcm = _hcm(listener)
     assert hcm["codec_type"] == "AUTO"
     assert hcm["http_protocol_options"]["enable_trailers"] is True
-    assert hcm["use_remote_address"] is True and hcm["generate_request_id"] is True
+    assert hcm["use_remote_address"] is True
+    assert hcm["generate_request_id"] is True
     log_keys = set(hcm["access_log"][0]["typed_config"]["log_format"]["json_format"])
     assert {"time", "method", "path", "status", "grpc_status", "duration_ms", "request_id"} <= log_keys
     assert {"upstream_cluster", "bytes"} <= log_keys
@@ -224,7 +227,8 @@ def test_render_is_deterministic_and_marks_the_ext_authz_slot() -> None:
     config = GatewayConfig.from_settings(_settings())
     text = render_envoy_config(config)
     assert text == render_envoy_config(config)
-    assert "{{" not in text and "{%" not in text
+    assert "{{" not in text
+    assert "{%" not in text
     # The slot is a Jinja block/comment in the template, after the transcoder and before the router.
     template = REPO_TEMPLATE.read_text()
     assert "EXT_AUTHZ INSERTION POINT" in template
@@ -257,7 +261,8 @@ def test_envoy_validate_catches_an_unknown_service(tmp_path: Path) -> None:
 def test_cli_render_and_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "nested" / "envoy.yaml"
     assert main(["render", "--out", str(out), "--upstream", "127.0.0.1:50050"]) == 0
-    assert "127.0.0.1" in out.read_text() and "50050" in out.read_text()
+    assert "127.0.0.1" in out.read_text()
+    assert "50050" in out.read_text()
     assert main(["render", "--upstream", "127.0.0.1:50050"]) == 0
     assert capsys.readouterr().out == out.read_text()
     assert main(["validate", "--upstream", "127.0.0.1:50050"]) == 0
@@ -351,7 +356,7 @@ def gateway(tmp_path: Path) -> Iterator[_Envoy]:
         path.write_text(render_envoy_config(config))
         admin_file = tmp_path / "admin.address"
         log = (tmp_path / "envoy.log").open("wb")
-        proc = subprocess.Popen(
+        envoy = subprocess.Popen(
             [
                 envoy_binary(),
                 "-c",
@@ -368,10 +373,11 @@ def gateway(tmp_path: Path) -> Iterator[_Envoy]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        proc = envoy
         log.close()
 
         def admin_address() -> str:
-            assert proc is not None and proc.poll() is None, (tmp_path / "envoy.log").read_text()
+            assert envoy.poll() is None, (tmp_path / "envoy.log").read_text()
             return admin_file.read_text().strip() if admin_file.exists() else ""
 
         admin = "http://" + _poll(admin_address, timeout=30, what="the admin address file")
@@ -381,14 +387,13 @@ def gateway(tmp_path: Path) -> Iterator[_Envoy]:
         listen_port = status["local_address"]["socket_address"]["port_value"]
         yield _Envoy(config, admin, f"127.0.0.1:{listen_port}")
     finally:
-        if proc is not None:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=10)
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
         upstream.stop()
 
 
@@ -406,7 +411,8 @@ def _grpcurl() -> str:
 def _status_json(response: httpx.Response) -> dict[str, Any]:
     assert response.headers["content-type"].startswith("application/json"), response.headers
     body: dict[str, Any] = response.json()
-    assert isinstance(body["code"], int) and isinstance(body["message"], str), body
+    assert isinstance(body["code"], int), body
+    assert isinstance(body["message"], str), body
     return body
 
 
@@ -463,13 +469,15 @@ def test_gateway_end_to_end(gateway: _Envoy) -> None:
         response = client.post("/v1/executions", json={"priority": "high"})
         assert response.status_code == 400
         body = _status_json(response)
-        assert body["code"] == 3 and "priority" in body["message"]
+        assert body["code"] == 3
+        assert "priority" in body["message"]
 
         # Unknown query parameter → 400.
         response = client.get("/v1/executions/abc", params={"bogus": "1"})
         assert response.status_code == 400
         body = _status_json(response)
-        assert body["code"] == 3 and "bogus" in body["message"]
+        assert body["code"] == 3
+        assert "bogus" in body["message"]
 
         # Body over max_request_body_size → 413 JSON, never a 5xx.
         too_big = json.dumps({"request_id": "x" * (config.max_request_body_bytes + 1)})
@@ -479,7 +487,7 @@ def test_gateway_end_to_end(gateway: _Envoy) -> None:
 
     # Native gRPC to an unknown service: the catch-all route → UNIMPLEMENTED, not a 503.
     with grpc.insecure_channel(gateway.listen) as channel:
-        call = channel.unary_unary("/no.such.v1.Service/Method")
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary("/no.such.v1.Service/Method")
         with pytest.raises(grpc.RpcError) as caught:
             call(b"", timeout=10)
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED

