@@ -133,6 +133,7 @@ class ManagedProcess:
         self._env = dict(env) if env is not None else None
         self._cwd = cwd
         self._popen: subprocess.Popen[bytes] | None = None
+        self._stopped = False
 
     # -- state ---------------------------------------------------------------------------------------
 
@@ -165,6 +166,8 @@ class ManagedProcess:
     def start(self) -> Self:
         if self.is_running:
             raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
+        # A previous run that exited by itself may have left children in its group: clean up first.
+        self.stop()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         # Append, so a restart keeps the previous run's output for post-mortems.
         with self.log_path.open("ab") as log:
@@ -185,6 +188,7 @@ class ManagedProcess:
             except OSError as exc:
                 raise ProcessStartError(f"{self.name}: cannot start {self.argv[0]}: {exc}") from exc
         # The child holds its own copy of the log descriptor; ours is closed by the `with`.
+        self._stopped = False
         _live.add(self)
         return self
 
@@ -192,9 +196,7 @@ class ManagedProcess:
 
     def _failure(self, why: str, last_error: BaseException | None) -> ProcessStartError:
         probe = f"; last probe error: {last_error!r}" if last_error is not None else ""
-        return ProcessStartError(
-            f"{self.name} {why}{probe}\n--- last lines of {self.log_path} ---\n{self.log_tail()}"
-        )
+        return ProcessStartError(f"{self.name} {why}{probe}\n--- last lines of {self.log_path} ---\n{self.log_tail()}")
 
     def _check_alive(self, last_error: BaseException | None) -> None:
         if self._popen is None:
@@ -251,10 +253,22 @@ class ManagedProcess:
 
     def _signal_group(self, sig: signal.Signals) -> None:
         assert self._popen is not None
-        # The group id is the leader's pid (start_new_session). The kernel does not reuse a pid while a
-        # process group with that id still has members, so this cannot hit an unrelated group.
+        # The group id is the leader's pid (start_new_session). While any member of the group lives, the
+        # kernel cannot reuse that number, so this reaches only our processes. Once the group is empty the
+        # number could eventually go to a new group leader, which is why `stop()` signals only once.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._popen.pid, sig)
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        """Signals the leader only (e.g. SIGTERM to observe a graceful drain); `stop()` is the way to end it."""
+        if self._popen is not None and self._popen.poll() is None:
+            self._popen.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        """Waits for the process to exit on its own; raises subprocess.TimeoutExpired after `timeout` seconds."""
+        if self._popen is None:
+            raise RuntimeError(f"{self.name} was never started")
+        return self._popen.wait(timeout=timeout)
 
     def stop(self, grace: float = 10.0) -> int | None:
         """SIGTERM the process group, wait up to `grace` seconds, then SIGKILL it. Idempotent.
@@ -264,6 +278,9 @@ class ManagedProcess:
         popen = self._popen
         if popen is None:
             return None
+        if self._stopped:
+            return popen.returncode
+        self._stopped = True
         _live.discard(self)
         if popen.poll() is None:
             self._signal_group(signal.SIGTERM)

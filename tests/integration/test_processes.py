@@ -65,9 +65,7 @@ def test_free_ports_are_distinct_and_grpc_pair_is_free() -> None:
 
 
 def test_wait_ready_fails_fast_with_log_tail_when_process_exits(tmp_path: Path) -> None:
-    proc = ManagedProcess(
-        ["sh", "-c", "echo 'fatal: boom-marker'; exit 3"], log_path=tmp_path / "p.log", name="dies"
-    )
+    proc = ManagedProcess(["sh", "-c", "echo 'fatal: boom-marker'; exit 3"], log_path=tmp_path / "p.log", name="dies")
     proc.start()
     started = time.monotonic()
     with pytest.raises(ProcessStartError) as info:
@@ -114,9 +112,7 @@ async def test_async_wait_ready(tmp_path: Path) -> None:
     async def probe() -> bool:
         return marker.exists()
 
-    with ManagedProcess(
-        ["sh", "-c", f"sleep 0.1; touch {marker}; sleep 30"], log_path=tmp_path / "p.log"
-    ) as p:
+    with ManagedProcess(["sh", "-c", f"sleep 0.1; touch {marker}; sleep 30"], log_path=tmp_path / "p.log") as p:
         assert await p.async_wait_ready(probe, timeout=5) < 3
 
 
@@ -207,9 +203,7 @@ def test_redis_server_fixture_restarts(redis_server: ValkeyServer) -> None:
 
 
 def test_seaweedfs_bucket_put_get(seaweedfs: SeaweedFSServer) -> None:
-    client = Minio(
-        seaweedfs.endpoint, access_key=seaweedfs.access_key, secret_key=seaweedfs.secret_key, secure=False
-    )
+    client = Minio(seaweedfs.endpoint, access_key=seaweedfs.access_key, secret_key=seaweedfs.secret_key, secure=False)
     client.make_bucket("processes-test")
     client.put_object("processes-test", "dir/hello.txt", io.BytesIO(b"hello world"), 11)
     response = client.get_object("processes-test", "dir/hello.txt")
@@ -246,9 +240,7 @@ def test_seaweedfs_refuses_wrong_credentials(
 # -- Envoy -------------------------------------------------------------------------------------------
 
 
-HCM_TYPE = (
-    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-)
+HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
 
 def envoy_config(admin_port: int, listener_port: int | str) -> str:
