@@ -357,7 +357,8 @@ def test_depends_on_graph() -> None:
             assert condition in DEPENDENCY_CONDITIONS, f"{name} → {dep}: {condition}"
             if condition == "service_healthy":
                 check = all_services[dep].get("healthcheck", {})
-                assert check and not check.get("disable"), f"{name} waits for {dep} to be healthy, which has no check"
+                assert check, f"{name} waits for {dep} to be healthy, which has no check"
+                assert not check.get("disable"), f"{name} waits for {dep} to be healthy, whose check is disabled"
             if condition == "service_completed_successfully":
                 assert dep in ONE_SHOT_SERVICES, f"{name} waits for {dep} to exit, which never does"
     for name in CONTROL_PLANE_PROCESSES:
@@ -454,7 +455,8 @@ def test_dockerfile_passes_hadolint(path: Path) -> None:
 def test_python_runtime_stage(path: Path, runtime_stage: str, port: int) -> None:
     stages = dockerfile_stages(path)
     builder = stage(path, "builder")
-    assert builder.base == "python-base" and stage(path, "python-base").base.startswith("python:3.11-")
+    assert builder.base == "python-base"
+    assert stage(path, "python-base").base.startswith("python:3.11-")
     assert any("--mount=type=cache,target=/root/.cache/pip" in run for run in builder.all("RUN"))
     runtime = stage(path, runtime_stage)
     assert runtime.base == "python-base", "the runtime starts from the same Python image as the builder"
@@ -464,18 +466,18 @@ def test_python_runtime_stage(path: Path, runtime_stage: str, port: int) -> None
     assert env["COMFYMESH_HOME"] == HOME
     assert env["HOME"] == HOME
     healthcheck = runtime.last("HEALTHCHECK")
-    assert healthcheck is not None and f"127.0.0.1:{port}" in healthcheck
+    assert healthcheck is not None
+    assert f"127.0.0.1:{port}" in healthcheck
     exposed = " ".join(runtime.all("EXPOSE"))
-    assert str(port) in exposed or any(
-        int(lo) <= port <= int(hi) for lo, hi in re.findall(r"(\d+)-(\d+)", exposed)
-    ), exposed
+    ranges = [(int(lo), int(hi)) for lo, hi in re.findall(r"(\d+)-(\d+)", exposed)]
+    assert str(port) in exposed.split() or any(lo <= port <= hi for lo, hi in ranges), exposed
     for run in runtime.all("RUN"):
         assert not re.search(r"\b(gcc|g\+\+|build-essential|make)\b", run), f"build tools in the runtime: {run}"
         if "pip install" in run:
             assert "--no-cache-dir" in run or "--mount=type=cache" in run, run
     if path == EXECUTOR_DOCKERFILE:
         assert env["COMFYMESH_MODEL_CACHE_DIR"] == MODEL_CACHE
-        assert "compute" in env["NVIDIA_DRIVER_CAPABILITIES"] and "utility" in env["NVIDIA_DRIVER_CAPABILITIES"]
+        assert {"compute", "utility"} <= set(env["NVIDIA_DRIVER_CAPABILITIES"].split(","))
         assert any("torch==" in run for run in runtime.all("RUN"))
 
 
@@ -489,7 +491,7 @@ def test_dockerignore_keeps_local_state_and_secrets_out() -> None:
         assert excluded in patterns, f".dockerignore should exclude {excluded}"
     for needed in ("pyproject.toml", "gen", "envoy", "service_runtime", "services", "gateway", "gpu_executor"):
         assert (ROOT / needed).exists(), needed
-        assert needed not in patterns and f"{needed}/" not in patterns, f".dockerignore must keep {needed}"
+        assert not {needed, f"{needed}/"} & patterns, f".dockerignore must keep {needed}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -513,8 +515,9 @@ def test_gateway_render_step_yields_a_valid_envoy_config(tmp_path: Path) -> None
     assert f"gen/descriptor/comfymesh.binpb {descriptor_in_image}" in " ".join(render_stage.all("COPY"))
     (copy_config,) = [c for c in gateway_stage.all("COPY") if "--from=gateway-config" in c]
     copied = copy_config.split()
-    assert rendered in copied and descriptor_in_image in copied
-    assert Path(descriptor_in_image).parent == Path("/etc/envoy") and copied[-1] == "/etc/envoy/"
+    assert {rendered, descriptor_in_image} <= set(copied)
+    assert Path(descriptor_in_image).parent == Path("/etc/envoy")
+    assert copied[-1] == "/etc/envoy/"
     assert '"/etc/envoy/envoy.yaml"' in (gateway_stage.last("CMD") or "")
     assert any("--mode" in run and "validate" in run for run in gateway_stage.all("RUN"))
 
@@ -579,11 +582,12 @@ def test_docker_compose_config_validates(tmp_path: Path) -> None:
     assert missing.returncode != 0, "compose must refuse to run without the required secrets"
 
     env.update({name: f"test-{name.lower()}" for name in required})
-    result = subprocess.run([*base, "config", "--format", "json"], env=env, capture_output=True, text=True,
-                            timeout=60, check=False)
+    result = subprocess.run(
+        [*base, "config", "--format", "json"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stderr
     rendered = json.loads(result.stdout)
     assert set(rendered["services"]) == APP_SERVICES | INFRA_SERVICES
     for name in APP_SERVICES:
         svc = rendered["services"][name]
-        assert svc["read_only"] is True and svc["user"] == APP_USER and svc["cap_drop"] == ["ALL"], name
+        assert (svc["read_only"], svc["user"], svc["cap_drop"]) == (True, APP_USER, ["ALL"]), name
