@@ -46,9 +46,7 @@ buf-lint: proto $(NODE_STAMP)
 
 ## buf-breaking: wire/JSON/generated-code compatibility of proto/ against the main branch.
 buf-breaking: proto $(NODE_STAMP)
-	@if git rev-parse --verify --quiet main >/dev/null; then \
-	  $(BUF) breaking proto --against '.git#branch=main,subdir=proto'; \
-	else echo "buf-breaking: no local main branch to compare against"; fi
+	BUF=$(BUF) tools/buf_breaking.sh main
 
 lint: $(VENV_STAMP)
 	$(VENV)/bin/ruff check .

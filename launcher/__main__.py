@@ -18,7 +18,7 @@ def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     platform = LocalPlatform(settings)
-    print("starting ComfyMesh (state in %s) ..." % settings.home.resolve(), flush=True)
+    print(f"starting ComfyMesh (state in {settings.home.resolve()}) ...", flush=True)
     try:
         endpoints = platform.start()
     except Exception as exc:  # noqa: BLE001 - report and exit non-zero, nothing left running

@@ -155,7 +155,7 @@ class LocalPlatform:
             component = self._started.pop()
             try:
                 component.stop()  # type: ignore[attr-defined]
-            except Exception:  # noqa: BLE001 - keep stopping the rest
+            except Exception:
                 log.exception("failed to stop %r", component)
 
 

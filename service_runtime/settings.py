@@ -36,7 +36,9 @@ class Settings(BaseSettings):
 
     home: Path = Field(Path(".comfymesh"), description="Directory for all local state (SQLite, logs, data).")
     environment: Literal["development", "production", "test"] = Field(
-        "development", description="Deployment kind; production refuses embedded defaults that lose data."
+        "development",
+        description="Deployment kind; production requires COMFYMESH_DATABASE_URL and COMFYMESH_SECRET_KEY instead of "
+                    "the embedded defaults.",
     )
 
     # --- Network ---
@@ -68,7 +70,10 @@ class Settings(BaseSettings):
 
     # --- gRPC server ---
     grpc_max_concurrent_rpcs: int = Field(512, description="RPCs in flight per process before RESOURCE_EXHAUSTED.")
-    grpc_max_message_bytes: int = Field(16 << 20, description="Largest gRPC message accepted, in bytes.")
+    grpc_max_message_bytes: int = Field(
+        64 << 20, description="Largest gRPC message, in bytes (above the gateway's 32 MiB body limit, so Envoy "
+                              "answers 413 before a service sees an oversized request)."
+    )
     grpc_keepalive_seconds: int = Field(30, description="Server keepalive ping interval, in seconds.")
     shutdown_grace_seconds: float = Field(10.0, description="How long in-flight RPCs may finish after SIGTERM.")
 
@@ -105,6 +110,8 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
+        if self.environment == "production":
+            raise ValueError("COMFYMESH_DATABASE_URL must be set in production (the SQLite default is per machine)")
         return f"sqlite+aiosqlite:///{(self.home / 'comfymesh.db').resolve()}"
 
     def port_of(self, component: str) -> int:

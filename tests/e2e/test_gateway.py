@@ -89,10 +89,9 @@ def test_rest_callers_get_64_bit_integers_as_exact_strings(endpoints: Endpoints,
 
 
 def test_typed_errors_through_the_gateway_over_grpc(endpoints: Endpoints) -> None:
-    with grpc.insecure_channel(endpoints.gateway) as channel:
-        with pytest.raises(grpc.RpcError) as caught:
-            workflow_service_pb2_grpc.WorkflowServiceStub(channel).GetExecution(
-                workflow_service_pb2.GetExecutionRequest(id="0" * 32), timeout=10)
+    with grpc.insecure_channel(endpoints.gateway) as channel, pytest.raises(grpc.RpcError) as caught:
+        workflow_service_pb2_grpc.WorkflowServiceStub(channel).GetExecution(
+            workflow_service_pb2.GetExecutionRequest(id="0" * 32), timeout=10)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
     status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
     info = error_details_pb2.ErrorInfo()

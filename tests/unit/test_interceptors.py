@@ -112,13 +112,17 @@ async def test_unimplemented_rpc_has_a_reason(server: GrpcServer) -> None:
 ])
 async def test_stream_failure_after_messages(server: GrpcServer, execution_id: str, code: grpc.StatusCode,
                                              reason: str) -> None:
-    received = []
+    received: list[str] = []
+
+    async def consume(call: grpc.aio.UnaryStreamCall) -> None:
+        async for event in call:
+            received.append(event.event_id)
+
     async with grpc.aio.insecure_channel(server.address) as channel:
         call = workflow_service_pb2_grpc.WorkflowServiceStub(channel).WatchExecution(
             workflow_service_pb2.WatchExecutionRequest(id=execution_id))
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            async for event in call:
-                received.append(event.event_id)
+            await consume(call)
     assert received == ["0", "1"]
     assert caught.value.code() == code
     assert _error_info(caught.value).reason == reason
