@@ -22,7 +22,9 @@ $(VENV_STAMP): pyproject.toml
 	touch $@
 
 $(NODE_STAMP): package.json package-lock.json
-	npm ci --no-audit --no-fund --loglevel=error
+	# npm install, not npm ci: the registry mirror lacks the other platforms' optional buf binaries, so the lock
+	# cannot list them all and `npm ci` refuses it.
+	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
 venv: $(VENV_STAMP) $(NODE_STAMP)

@@ -68,6 +68,9 @@ class ErrorMappingInterceptor(AsyncServerInterceptor):
                                  "internal error; quote the request_id when reporting it",
                                  {"request_id": request_id} if request_id else {})
         error_reason_var.set(str(error.reason))
+        # set_code first: the OpenTelemetry server interceptor wraps the context and records the span's status from
+        # set_code/abort, but not from abort_with_status.
+        context.set_code(error.code)
         await context.abort_with_status(to_grpc_status(error))
 
 

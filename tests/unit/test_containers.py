@@ -45,13 +45,13 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 #: Compose service name == control-plane component name for the six gRPC services.
 GRPC_SERVICES = tuple(CONTROL_PLANE_SERVICES)
 #: Everything built from this repository: the hardening applies to all of these.
-APP_SERVICES = frozenset({*GRPC_SERVICES, "webhook-worker", "migrate", "gateway", "executor"})
+APP_SERVICES = frozenset({*GRPC_SERVICES, "migrate", "gateway", "executor"})
 INFRA_SERVICES = frozenset({"postgres", "redis", "minio"})
 #: Control-plane processes: the database schema must be migrated before they start.
-CONTROL_PLANE_PROCESSES = frozenset({*GRPC_SERVICES, "webhook-worker"})
+CONTROL_PLANE_PROCESSES = frozenset(GRPC_SERVICES)
 ONE_SHOT_SERVICES = frozenset({"migrate"})
 #: No grpc.health.v1 to ask (a one-shot job, a worker without a gRPC server): the check is disabled explicitly.
-HEALTHCHECK_DISABLED = frozenset({"migrate", "webhook-worker"})
+HEALTHCHECK_DISABLED = frozenset({"migrate"})
 APP_USER = "10001:10001"
 HOME = "/var/lib/comfymesh"
 MODEL_CACHE = "/var/cache/comfymesh/models"
@@ -275,7 +275,6 @@ def test_grpc_health_check_targets_the_services_port(name: str) -> None:
 def test_commands_run_real_modules() -> None:
     expected = {
         **{name: ["python", "-m", f"services.{name}"] for name in GRPC_SERVICES},
-        "webhook-worker": ["python", "-m", "services.webhook", "worker"],
         "migrate": ["python", "-m", "service_runtime.db", "upgrade"],
         "executor": ["python", "-m", "gpu_executor", "serve"],
     }
