@@ -277,7 +277,9 @@ def test_cli_render_and_validate(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 class _Upstream:
-    """A grpc.aio server on its own loop/thread: health SERVING, reflection, no servicers (→ UNIMPLEMENTED)."""
+    """A grpc.aio server on its own loop/thread: health SERVING, reflection, and the generated servicer bases, whose
+    every RPC answers UNIMPLEMENTED. The bases must be registered: a server without the method answers
+    UNIMPLEMENTED as soon as the headers arrive, racing Envoy's own 400 for a body it cannot transcode."""
 
     def __init__(self, services: list[str]) -> None:
         self.services = services
@@ -302,8 +304,12 @@ class _Upstream:
         fds.ParseFromString(DEFAULT_DESCRIPTOR_PATH.read_bytes())
         files = {f"{f.package}.{s.name}": f.name for f in fds.file for s in f.service}
         for service in self.services:
-            module = importlib.import_module(files[service].removesuffix(".proto").replace("/", ".") + "_pb2")
-            names.append(module.DESCRIPTOR.services_by_name[service.rsplit(".", 1)[1]].full_name)
+            module_name = files[service].removesuffix(".proto").replace("/", ".")
+            module = importlib.import_module(module_name + "_pb2")
+            short = service.rsplit(".", 1)[1]
+            names.append(module.DESCRIPTOR.services_by_name[short].full_name)
+            stubs = importlib.import_module(module_name + "_pb2_grpc")
+            getattr(stubs, f"add_{short}Servicer_to_server")(getattr(stubs, f"{short}Servicer")(), server)
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         for name in names:

@@ -1,0 +1,103 @@
+"""What a running node can reach: its execution's context, a progress bar, and the interrupt check.
+
+Nodes written for ComfyUI report progress with `comfy.utils.ProgressBar` and check for interruption with
+`comfy.model_management.throw_exception_if_processing_interrupted()`. The engine offers the same two operations
+here, bound per node through a contextvar, so nothing is global: two executions in one process (tests) or a
+node's worker threads that copy the context each see their own.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ExecutionInterrupted(Exception):  # noqa: N818 - the name says what happened, like ComfyUI's
+    """Raised inside a node when its execution was interrupted; the engine ends the run as cancelled."""
+
+
+@dataclass
+class NodeRuntime:
+    """The per-node view of a running execution."""
+
+    execution_id: str
+    node_id: str
+    class_type: str
+    prompt: dict[str, Any]  # the whole graph in API format (SaveImage embeds it in PNGs)
+    extra_pnginfo: dict[str, Any]
+    input_dir: Path  # where the execution's input files are (LoadImage reads here)
+    output_dir: Path  # where output nodes write (SaveImage)
+    temp_dir: Path  # where preview nodes write (PreviewImage)
+    inputs: dict[str, Path] = field(default_factory=dict)  # input file name → path (LoadImage choices)
+    report_progress: Callable[[int, int, Any], None] = lambda value, total, preview: None
+    is_interrupted: Callable[[], bool] = lambda: False
+
+    def check_interrupted(self) -> None:
+        if self.is_interrupted():
+            raise ExecutionInterrupted(f"execution {self.execution_id} interrupted at node {self.node_id}")
+
+
+_current: contextvars.ContextVar[NodeRuntime | None] = contextvars.ContextVar("node_runtime", default=None)
+
+
+def current() -> NodeRuntime:
+    """The runtime of the node running now; raises outside a node (e.g. a node class used directly in a test)."""
+    runtime = _current.get()
+    if runtime is None:
+        raise RuntimeError("no node is running in this context")
+    return runtime
+
+
+def bind(runtime: NodeRuntime | None) -> contextvars.Token[NodeRuntime | None]:
+    return _current.set(runtime)
+
+
+def unbind(token: contextvars.Token[NodeRuntime | None]) -> None:
+    _current.reset(token)
+
+
+def check_interrupted() -> None:
+    """Call between units of work (every sampler step); raises ExecutionInterrupted when interrupted."""
+    runtime = _current.get()
+    if runtime is not None:
+        runtime.check_interrupted()
+
+
+class ProgressBar:
+    """ComfyUI's progress bar: `update(n)` adds steps, `update_absolute(value, total, preview)` sets them.
+
+    Each update checks for interruption first, so a long loop that reports progress is also interruptible.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.current = 0
+        self._runtime = _current.get()
+
+    def update_absolute(self, value: int, total: int | None = None, preview: Any = None) -> None:
+        if total is not None:
+            self.total = total
+        self.current = min(value, self.total) if self.total else value
+        if self._runtime is not None:
+            self._runtime.check_interrupted()
+            self._runtime.report_progress(self.current, self.total, preview)
+
+    def update(self, value: int = 1) -> None:
+        self.update_absolute(self.current + value, self.total)
+
+
+# The execution's input file names, bound for the whole run (validation included), so that nodes like LoadImage
+# can offer them as combo choices the way ComfyUI lists its input directory.
+_input_names: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("input_names", default=())
+
+
+def bind_input_names(names: tuple[str, ...]) -> contextvars.Token[tuple[str, ...]]:
+    return _input_names.set(tuple(sorted(names)))
+
+
+def available_input_files() -> list[str]:
+    """Names of the current execution's input files; empty outside an execution (e.g. for the catalog)."""
+    return list(_input_names.get())
