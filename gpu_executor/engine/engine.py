@@ -40,7 +40,7 @@ from gpu_executor.engine.events import (
 from gpu_executor.engine.graph import Graph, GraphNode, Link
 from gpu_executor.engine.node_types import NodeSpec
 from gpu_executor.engine.registry import NodeRegistry
-from gpu_executor.engine.validation import dependencies, sort_node_ids, validate
+from gpu_executor.engine.validation import sort_node_ids, validate
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Engine:
 
     def __init__(self, registry: NodeRegistry, cache: OutputCache | None = None) -> None:
         self.registry = registry
-        self.cache = cache or OutputCache()
+        self.cache = cache if cache is not None else OutputCache()
 
     def validate(self, prompt: Any, input_names: tuple[str, ...] = ()) -> tuple[Graph, ValidationResult]:
         token = runtime.bind_input_names(input_names)
@@ -199,7 +199,7 @@ class _Run:
         token = runtime.bind(self._runtime(node))
         try:
             value = spec.cls.IS_CHANGED(**_call_kwargs(spec.cls.IS_CHANGED, literals))  # type: ignore[attr-defined]
-        except Exception:  # noqa: BLE001 - ComfyUI treats a failing IS_CHANGED as "changed"
+        except Exception:
             log.warning("IS_CHANGED of node %s (%s) failed; running it", node.node_id, node.class_type,
                         exc_info=True)
             return UNCACHEABLE
@@ -285,7 +285,7 @@ class _Run:
             outputs, ui = self._map_over_lists(node, spec, inputs)
         except NodeFailure:
             raise
-        except BaseException as error:  # noqa: BLE001 - a node must never take the engine down
+        except BaseException as error:
             if isinstance(error, (KeyboardInterrupt, SystemExit)):
                 raise
             raise NodeFailure(node, error) from error

@@ -233,6 +233,8 @@ def validate(prompt: Any, registry: NodeRegistry) -> tuple[Graph, ValidationResu
     outputs = sort_node_ids([n.node_id for n in graph.nodes.values()
                              if (spec := registry.get(n.class_type)) is not None and spec.output_node])
     if not outputs:
+        if result.node_errors:  # a malformed or unknown node may have been the output: its error says enough
+            return graph, result
         result.graph_errors.append(_error(NodeErrorType.PROMPT_NO_OUTPUTS, "the graph has no output node "
                                           "(e.g. SaveImage or PreviewImage)", ""))
         return graph, result
