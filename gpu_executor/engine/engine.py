@@ -158,21 +158,26 @@ class _Run:
 
     @staticmethod
     def _order(graph: Graph, outputs: list[str]) -> list[str]:
-        """Dependencies before dependents; outputs in id order, each with its dependencies depth-first."""
+        """Dependencies before dependents; outputs in id order, each with its dependencies depth-first.
+        Iterative: a chain of thousands of nodes must not hit the recursion limit. The graph is acyclic here."""
         order: list[str] = []
         seen: set[str] = set()
-
-        def visit(node_id: str) -> None:
-            if node_id in seen:
-                return
-            seen.add(node_id)
-            node = graph.nodes[node_id]
-            for name in sorted(node.links()):
-                visit(node.links()[name].node_id)
-            order.append(node_id)
-
         for output in outputs:
-            visit(output)
+            if output in seen:
+                continue
+            seen.add(output)
+            stack = [(output, iter(sorted(graph.nodes[output].links().items())))]
+            while stack:
+                node_id, pending = stack[-1]
+                item = next(pending, None)
+                if item is None:
+                    stack.pop()
+                    order.append(node_id)
+                    continue
+                source = item[1].node_id
+                if source not in seen:
+                    seen.add(source)
+                    stack.append((source, iter(sorted(graph.nodes[source].links().items()))))
         return order
 
     def _cache_keys(self, graph: Graph, order: list[str]) -> dict[str, str | None]:
@@ -213,20 +218,17 @@ class _Run:
         """Which nodes must run and which come from the cache; nodes needed only by cached ones do neither."""
         to_run: set[str] = set()
         cached: set[str] = set()
-
-        def visit(node_id: str) -> None:
+        stack = list(outputs)
+        while stack:
+            node_id = stack.pop()
             if node_id in to_run or node_id in cached:
-                return
+                continue
             key = keys[node_id]
             if key is not None and key in self.engine.cache:
                 cached.add(node_id)
-                return
+                continue
             to_run.add(node_id)
-            for link in graph.nodes[node_id].links().values():
-                visit(link.node_id)
-
-        for output in outputs:
-            visit(output)
+            stack.extend(link.node_id for link in graph.nodes[node_id].links().values())
         return to_run, cached
 
     def _replay_cached(self, node: GraphNode, key: str | None) -> None:

@@ -9,9 +9,10 @@ node's worker threads that copy the context each see their own.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 
@@ -101,3 +102,38 @@ def bind_input_names(names: tuple[str, ...]) -> contextvars.Token[tuple[str, ...
 def available_input_files() -> list[str]:
     """Names of the current execution's input files; empty outside an execution (e.g. for the catalog)."""
     return list(_input_names.get())
+
+
+# Model folders in ComfyUI's terms ("checkpoints", "loras", "vae", ...): where loader nodes list and find files.
+# Bound per execution (or per process by the executor), like the input names.
+_model_dirs: contextvars.ContextVar[Mapping[str, tuple[Path, ...]]] = contextvars.ContextVar(
+    "model_dirs", default=MappingProxyType({}))
+
+MODEL_FOLDERS = ("checkpoints", "loras", "vae", "controlnet", "upscale_models", "embeddings", "clip",
+                 "text_encoders", "unet", "diffusion_models", "clip_vision")
+MODEL_EXTENSIONS = (".safetensors", ".sft")
+
+
+def bind_models_root(root: Path | None) -> contextvars.Token[Mapping[str, tuple[Path, ...]]]:
+    """Binds `root/<folder>` for every ComfyUI model folder (a ComfyUI `models/` directory layout)."""
+    folders = {name: (root / name,) for name in MODEL_FOLDERS} if root is not None else {}
+    return _model_dirs.set(folders)
+
+
+def list_models(folder: str) -> list[str]:
+    """Model files of a folder, as names relative to it (subfolders with "/"), sorted; empty when unbound."""
+    names: set[str] = set()
+    for directory in _model_dirs.get().get(folder, ()):
+        if directory.is_dir():
+            names.update(str(p.relative_to(directory)) for p in directory.rglob("*")
+                         if p.is_file() and p.suffix.lower() in MODEL_EXTENSIONS)
+    return sorted(names)
+
+
+def model_path(folder: str, name: str) -> Path:
+    """The file for a model name; refuses names that escape the folder."""
+    for directory in _model_dirs.get().get(folder, ()):
+        candidate = (directory / name).resolve()
+        if candidate.is_relative_to(directory.resolve()) and candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"model {name!r} not found in {folder}")

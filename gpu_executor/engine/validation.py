@@ -76,31 +76,52 @@ def _check_combo(definition: InputDef, value: Any, node_id: str) -> NodeError | 
 
 
 class _Validator:
+    """Validates nodes dependencies-first without recursion (graphs of thousands of nodes are fine)."""
+
     def __init__(self, graph: Graph, registry: NodeRegistry, result: ValidationResult) -> None:
         self.graph, self.registry, self.result = graph, registry, result
         self.valid: dict[str, bool] = {}
-        self.in_progress: set[str] = set()
+        self.state: dict[str, int] = {}  # 1: on the DFS stack, 2: finished
+        self.cyclic: set[str] = set()
 
-    def node(self, node_id: str) -> bool:
-        """Validates a node and everything it depends on; memoised; detects cycles."""
-        if node_id in self.valid:
-            return self.valid[node_id]
-        node = self.graph.nodes[node_id]
-        if node_id in self.in_progress:
-            self.result.add(node_id, node.class_type, _error(
-                NodeErrorType.DEPENDENCY_CYCLE, f"node {node_id} depends on itself", node_id))
-            return False
-        spec = self.registry.get(node.class_type)
-        if spec is None:
-            self.valid[node_id] = False
-            return False  # reported once for every unknown class, in validate()
-        self.in_progress.add(node_id)
-        try:
-            ok = self._inputs(node, spec)
-        finally:
-            self.in_progress.discard(node_id)
-        self.valid[node_id] = ok
-        return ok
+    def _sources(self, node_id: str) -> list[str]:
+        links = self.graph.nodes[node_id].links()
+        return [links[name].node_id for name in sorted(links) if links[name].node_id in self.graph.nodes]
+
+    def _post_order(self, root: str) -> list[str]:
+        """Nodes `root` depends on, dependencies first; a back edge marks the node that depends on itself."""
+        order: list[str] = []
+        if self.state.get(root) == 2:
+            return order
+        self.state[root] = 1
+        stack = [(root, iter(self._sources(root)))]
+        while stack:
+            node_id, pending = stack[-1]
+            source = next(pending, None)
+            if source is None:
+                stack.pop()
+                self.state[node_id] = 2
+                order.append(node_id)
+            elif self.state.get(source, 0) == 0:
+                self.state[source] = 1
+                stack.append((source, iter(self._sources(source))))
+            elif self.state[source] == 1:
+                self.cyclic.add(source)
+        return order
+
+    def node(self, root: str) -> bool:
+        """Validates `root` and everything it depends on (each node once)."""
+        for node_id in self._post_order(root):
+            node = self.graph.nodes[node_id]
+            if node_id in self.cyclic:
+                self.result.add(node_id, node.class_type, _error(
+                    NodeErrorType.DEPENDENCY_CYCLE, f"node {node_id} depends on itself", node_id))
+                self.valid[node_id] = False
+                continue
+            spec = self.registry.get(node.class_type)
+            # An unknown class is reported once for every such node, in validate().
+            self.valid[node_id] = spec is not None and self._inputs(node, spec)
+        return self.valid.get(root, False)
 
     def _inputs(self, node: GraphNode, spec: NodeSpec) -> bool:
         ok = True
@@ -154,7 +175,7 @@ class _Validator:
                 NodeErrorType.LINK_TO_MISSING_NODE, f"{name}: node {link.node_id!r} does not exist", node.node_id,
                 name))
             return None
-        source_ok = self.node(link.node_id)
+        source_ok = self.valid.get(link.node_id, False)  # dependencies were validated first
         source_spec = self.registry.get(source.class_type)
         if source_spec is None:
             self.result.add(node.node_id, node.class_type, _error(

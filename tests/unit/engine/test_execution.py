@@ -165,3 +165,26 @@ def test_output_files_are_reported(engine: Engine, tmp_path: Path) -> None:
     final = engine.execute(request(tmp_path, prompt), CollectingSink())
     assert isinstance(final, Succeeded)
     assert [(o.node_id, o.filename, o.type, o.kind) for o in final.outputs] == [("2", "x.png", "output", "images")]
+
+
+def test_deep_chains_do_not_hit_the_recursion_limit(engine: Engine, tmp_path: Path) -> None:
+    length = 5000
+    prompt: dict[str, Any] = {"0": {"class_type": "Number", "inputs": {"value": 0}}}
+    for index in range(1, length):
+        prompt[str(index)] = {"class_type": "Add", "inputs": {"a": [str(index - 1), 0], "b": 1}}
+    prompt["out"] = {"class_type": "Show", "inputs": {"value": [str(length - 1), 0]}}
+    final = engine.execute(request(tmp_path, prompt), CollectingSink())
+    assert isinstance(final, Succeeded) and final.ui["out"]["values"] == [length - 1]
+    again = engine.execute(request(tmp_path, prompt), CollectingSink())
+    assert isinstance(again, Succeeded) and all(t.cached for t in again.timings)
+
+
+def test_deep_cycles_are_found_without_recursion(engine: Engine) -> None:
+    length = 3000
+    prompt: dict[str, Any] = {str(i): {"class_type": "Add", "inputs": {"a": [str(i - 1), 0], "b": 1}}
+                              for i in range(1, length)}
+    prompt["0"] = {"class_type": "Add", "inputs": {"a": [str(length - 1), 0], "b": 1}}
+    prompt["out"] = {"class_type": "Show", "inputs": {"value": ["5", 0]}}
+    _, result = engine.validate(prompt)
+    assert not result.valid
+    assert [e.type.value for e in result.all_errors()] == ["dependency_cycle"]
