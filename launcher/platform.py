@@ -73,6 +73,7 @@ class LocalPlatform:
         # In one process every component is reached at the control plane's address.
         for component in ("workflow", "queue", "execution", "model", "auth", "webhook"):
             values[f"{component.upper()}_ADDR"] = f"127.0.0.1:{settings.control_plane_port}"
+        values["EXECUTOR_ADDR"] = f"127.0.0.1:{settings.executor_port}"
         env.update({f"COMFYMESH_{k}": v for k, v in values.items()})
         return env
 

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     auth_addr: str = Field("", description="host:port of AuthService for clients.")
     webhook_addr: str = Field("", description="host:port of WebhookService for clients.")
     executor_advertise_addr: str = Field("", description="host:port executors register under (default: local).")
+    executor_addr: str = Field(
+        "", description="host:port of the executor the workflow service reads the node catalog from, until "
+                        "executors register with the fleet (default: local executor port)."
+    )
     reflect_all_public_services: bool = Field(
         False, description="List every public service in reflection (set on the process the gateway sends "
                            "reflection to, so `grpcurl <gateway> list` shows the whole API)."
@@ -76,6 +80,14 @@ class Settings(BaseSettings):
     )
     grpc_keepalive_seconds: int = Field(30, description="Server keepalive ping interval, in seconds.")
     shutdown_grace_seconds: float = Field(10.0, description="How long in-flight RPCs may finish after SIGTERM.")
+
+    # --- Executor ---
+    custom_nodes_dirs: str = Field(
+        "", description="Custom node pack directories for the executor, separated by ':' (ComfyUI custom_nodes)."
+    )
+    models_dir: Path | None = Field(
+        None, description="A ComfyUI-style models/ directory (checkpoints/, loras/, ...) for the executor."
+    )
 
     # --- Gateway ---
     gateway_port: int = Field(8080, description="Envoy listener (REST and gRPC).")
@@ -113,6 +125,10 @@ class Settings(BaseSettings):
         if self.environment == "production":
             raise ValueError("COMFYMESH_DATABASE_URL must be set in production (the SQLite default is per machine)")
         return f"sqlite+aiosqlite:///{(self.home / 'comfymesh.db').resolve()}"
+
+    @property
+    def custom_node_paths(self) -> list[Path]:
+        return [Path(p) for p in self.custom_nodes_dirs.split(":") if p]
 
     def port_of(self, component: str) -> int:
         """The gRPC port of a component ("workflow", "executor", "control_plane", ...)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import redis.asyncio as redis
@@ -26,7 +27,7 @@ class AppContext:
     _redis: redis.Redis | None = None
     _store: ObjectStore | None = None
     _tokens: PageTokenCodec | None = None
-    _closers: list[str] = field(default_factory=list)
+    _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     @property
     def db(self) -> Database:
@@ -52,7 +53,13 @@ class AppContext:
             self._tokens = PageTokenCodec(deployment_secret(self.settings))
         return self._tokens
 
+    def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Registers a cleanup (a client channel, say) to run when the process stops."""
+        self._closers.append(closer)
+
     async def close(self) -> None:
+        for closer in reversed(self._closers):
+            await closer()
         if self._db is not None:
             await self._db.dispose()
         if self._redis is not None:

@@ -10,9 +10,10 @@ from comfymesh.model.v1 import model_service_pb2, model_service_pb2_grpc
 from comfymesh.queue.v1 import queue_service_pb2, queue_service_pb2_grpc
 from comfymesh.webhook.v1 import webhook_service_pb2, webhook_service_pb2_grpc
 from comfymesh.workflow.v1 import workflow_service_pb2, workflow_service_pb2_grpc
-from service_runtime.grpc import ServiceBinding
+from service_runtime.grpc import ServiceBinding, channel_to
 from service_runtime.grpc.contract import contract_only
 from services.context import AppContext
+from services.workflow.catalog import ExecutorCatalog
 from services.workflow.queries import ExecutionQueries
 from services.workflow.repository import ExecutionRepository
 from services.workflow.transport import WorkflowServicer
@@ -34,8 +35,10 @@ PUBLIC_SERVICES = (WORKFLOW, QUEUE, EXECUTION, MODEL, AUTH, WEBHOOK)
 
 def _workflow(ctx: AppContext) -> ServiceBinding:
     queries = ExecutionQueries(ExecutionRepository(ctx.db), ctx.page_tokens)
-    # WorkflowServicer implements Get/List so far; its other RPCs answer UNIMPLEMENTED.
-    return ServiceBinding(WORKFLOW, WorkflowServicer(queries),  # type: ignore[abstract]
+    catalog = ExecutorCatalog(lambda: channel_to("executor", ctx.settings))
+    ctx.on_close(catalog.close)
+    # WorkflowServicer implements Get/List executions and the node catalog so far; its other RPCs answer UNIMPLEMENTED.
+    return ServiceBinding(WORKFLOW, WorkflowServicer(queries, catalog),  # type: ignore[abstract]
                           workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server)
 
 

@@ -147,3 +147,25 @@ def test_metrics_are_exported(endpoints: Endpoints) -> None:
     metrics = httpx.get(f"http://{endpoints.control_plane_metrics}/metrics", timeout=5, trust_env=False).text
     assert 'grpc_service="comfymesh.workflow.v1.WorkflowService"' in metrics
     assert "api_errors_total" in metrics
+
+
+def test_node_catalog_through_the_gateway(endpoints: Endpoints) -> None:
+    """GET /v1/nodes (typed) and GET /v1/object_info (ComfyUI's exact JSON) come from the executor's engine."""
+    with _http(endpoints) as http:
+        nodes = http.get("/v1/nodes").json()["nodes"]
+        page = http.get("/v1/nodes", params={"page_size": 2}).json()
+        second = http.get("/v1/nodes", params={"page_size": 2, "page_token": page["next_page_token"]}).json()
+        images = http.get("/v1/nodes", params={"category": "image"}).json()["nodes"]
+        object_info = http.get("/v1/object_info")
+    by_name = {n["name"]: n for n in nodes}
+    assert {"SaveImage", "LoadImage", "EmptyImage", "ImageInvert", "EmptyLatentImage"} <= set(by_name)
+    save = by_name["SaveImage"]
+    assert save["output_node"] is True and save["display_name"] == "Save Image"
+    assert [i["name"] for i in save["inputs"]][:2] == ["images", "filename_prefix"]
+    assert len(page["nodes"]) == 2 and page["next_page_token"]
+    assert second["nodes"][0]["name"] > page["nodes"][1]["name"]
+    assert images and all(n["category"].startswith("image") for n in images)
+    assert object_info.status_code == 200 and object_info.headers["content-type"] == "application/json"
+    info = object_info.json()
+    assert info["SaveImage"]["input"]["required"]["filename_prefix"][0] == "STRING"
+    assert info["SaveImage"]["output_node"] is True

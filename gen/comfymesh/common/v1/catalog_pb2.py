@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from comfymesh.common.v1 import value_pb2 as comfymesh_dot_common_dot_v1_dot_value__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!comfymesh/common/v1/catalog.proto\x12\x13\x63omfymesh.common.v1\x1a\x1f\x63omfymesh/common/v1/value.proto\"\xcb\x03\n\x0eNodeDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x15\n\rpython_module\x18\x05 \x01(\t\x12\x13\n\x0boutput_node\x18\x06 \x01(\x08\x12\x15\n\ris_input_list\x18\x07 \x01(\x08\x12.\n\x06inputs\x18\x08 \x03(\x0b\x32\x1e.comfymesh.common.v1.InputSpec\x12\x30\n\x07outputs\x18\t \x03(\x0b\x32\x1f.comfymesh.common.v1.OutputSpec\x12\x12\n\ndeprecated\x18\n \x01(\x08\x12\x14\n\x0c\x65xperimental\x18\x0b \x01(\x08\x12\x16\n\x0esearch_aliases\x18\x0c \x03(\t\x12=\n\x05\x65xtra\x18\r \x03(\x0b\x32..comfymesh.common.v1.NodeDefinition.ExtraEntry\x1aH\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.comfymesh.common.v1.Value:\x02\x38\x01\"\x94\x02\n\tInputSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x34\n\x08\x63\x61tegory\x18\x02 \x01(\x0e\x32\".comfymesh.common.v1.InputCategory\x12\x0c\n\x04type\x18\x03 \x01(\t\x12+\n\x07\x63hoices\x18\x04 \x03(\x0b\x32\x1a.comfymesh.common.v1.Value\x12<\n\x07options\x18\x05 \x03(\x0b\x32+.comfymesh.common.v1.InputSpec.OptionsEntry\x1aJ\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.comfymesh.common.v1.Value:\x02\x38\x01\"J\n\nOutputSpec\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07is_list\x18\x03 \x01(\x08\x12\x0f\n\x07tooltip\x18\x04 \x01(\t*\x84\x01\n\rInputCategory\x12\x1e\n\x1aINPUT_CATEGORY_UNSPECIFIED\x10\x00\x12\x1b\n\x17INPUT_CATEGORY_REQUIRED\x10\x01\x12\x1b\n\x17INPUT_CATEGORY_OPTIONAL\x10\x02\x12\x19\n\x15INPUT_CATEGORY_HIDDEN\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!comfymesh/common/v1/catalog.proto\x12\x13\x63omfymesh.common.v1\x1a\x1f\x63omfymesh/common/v1/value.proto\"\xe5\x03\n\x0eNodeDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x15\n\rpython_module\x18\x05 \x01(\t\x12\x13\n\x0boutput_node\x18\x06 \x01(\x08\x12\x15\n\ris_input_list\x18\x07 \x01(\x08\x12.\n\x06inputs\x18\x08 \x03(\x0b\x32\x1e.comfymesh.common.v1.InputSpec\x12\x30\n\x07outputs\x18\t \x03(\x0b\x32\x1f.comfymesh.common.v1.OutputSpec\x12\x12\n\ndeprecated\x18\n \x01(\x08\x12\x14\n\x0c\x65xperimental\x18\x0b \x01(\x08\x12\x16\n\x0esearch_aliases\x18\x0c \x03(\t\x12=\n\x05\x65xtra\x18\r \x03(\x0b\x32..comfymesh.common.v1.NodeDefinition.ExtraEntry\x12\x18\n\x10object_info_json\x18\x0e \x01(\t\x1aH\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.comfymesh.common.v1.Value:\x02\x38\x01\"\x94\x02\n\tInputSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x34\n\x08\x63\x61tegory\x18\x02 \x01(\x0e\x32\".comfymesh.common.v1.InputCategory\x12\x0c\n\x04type\x18\x03 \x01(\t\x12+\n\x07\x63hoices\x18\x04 \x03(\x0b\x32\x1a.comfymesh.common.v1.Value\x12<\n\x07options\x18\x05 \x03(\x0b\x32+.comfymesh.common.v1.InputSpec.OptionsEntry\x1aJ\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.comfymesh.common.v1.Value:\x02\x38\x01\"J\n\nOutputSpec\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07is_list\x18\x03 \x01(\x08\x12\x0f\n\x07tooltip\x18\x04 \x01(\t*\x84\x01\n\rInputCategory\x12\x1e\n\x1aINPUT_CATEGORY_UNSPECIFIED\x10\x00\x12\x1b\n\x17INPUT_CATEGORY_REQUIRED\x10\x01\x12\x1b\n\x17INPUT_CATEGORY_OPTIONAL\x10\x02\x12\x19\n\x15INPUT_CATEGORY_HIDDEN\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,16 +36,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODEDEFINITION_EXTRAENTRY']._serialized_options = b'8\001'
   _globals['_INPUTSPEC_OPTIONSENTRY']._loaded_options = None
   _globals['_INPUTSPEC_OPTIONSENTRY']._serialized_options = b'8\001'
-  _globals['_INPUTCATEGORY']._serialized_start=909
-  _globals['_INPUTCATEGORY']._serialized_end=1041
+  _globals['_INPUTCATEGORY']._serialized_start=935
+  _globals['_INPUTCATEGORY']._serialized_end=1067
   _globals['_NODEDEFINITION']._serialized_start=92
-  _globals['_NODEDEFINITION']._serialized_end=551
-  _globals['_NODEDEFINITION_EXTRAENTRY']._serialized_start=479
-  _globals['_NODEDEFINITION_EXTRAENTRY']._serialized_end=551
-  _globals['_INPUTSPEC']._serialized_start=554
-  _globals['_INPUTSPEC']._serialized_end=830
-  _globals['_INPUTSPEC_OPTIONSENTRY']._serialized_start=756
-  _globals['_INPUTSPEC_OPTIONSENTRY']._serialized_end=830
-  _globals['_OUTPUTSPEC']._serialized_start=832
-  _globals['_OUTPUTSPEC']._serialized_end=906
+  _globals['_NODEDEFINITION']._serialized_end=577
+  _globals['_NODEDEFINITION_EXTRAENTRY']._serialized_start=505
+  _globals['_NODEDEFINITION_EXTRAENTRY']._serialized_end=577
+  _globals['_INPUTSPEC']._serialized_start=580
+  _globals['_INPUTSPEC']._serialized_end=856
+  _globals['_INPUTSPEC_OPTIONSENTRY']._serialized_start=782
+  _globals['_INPUTSPEC_OPTIONSENTRY']._serialized_end=856
+  _globals['_OUTPUTSPEC']._serialized_start=858
+  _globals['_OUTPUTSPEC']._serialized_end=932
 # @@protoc_insertion_point(module_scope)

@@ -88,6 +88,7 @@ class NodeDefinition(_message.Message):
     EXPERIMENTAL_FIELD_NUMBER: _builtins.int
     SEARCH_ALIASES_FIELD_NUMBER: _builtins.int
     EXTRA_FIELD_NUMBER: _builtins.int
+    OBJECT_INFO_JSON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The class name used as `class_type` (object_info: name)."""
     display_name: _builtins.str
@@ -106,6 +107,10 @@ class NodeDefinition(_message.Message):
     """Whether it is deprecated."""
     experimental: _builtins.bool
     """Whether it is experimental."""
+    object_info_json: _builtins.str
+    """The class's object_info exactly as the executor's engine (or ComfyUI) produced it, as JSON text; the typed
+    fields above are derived from it. ComfyUI-compatible tools (GET /v1/object_info) are served from this.
+    """
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___InputSpec]:
         """Inputs in declaration order (object_info: input + input_order)."""
@@ -138,10 +143,11 @@ class NodeDefinition(_message.Message):
         experimental: _builtins.bool = ...,
         search_aliases: _abc.Iterable[_builtins.str] | None = ...,
         extra: _abc.Mapping[_builtins.str, _value_pb2.Value] | None = ...,
+        object_info_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "deprecated", b"deprecated", "description", b"description", "display_name", b"display_name", "experimental", b"experimental", "extra", b"extra", "inputs", b"inputs", "is_input_list", b"is_input_list", "name", b"name", "output_node", b"output_node", "outputs", b"outputs", "python_module", b"python_module", "search_aliases", b"search_aliases"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "deprecated", b"deprecated", "description", b"description", "display_name", b"display_name", "experimental", b"experimental", "extra", b"extra", "inputs", b"inputs", "is_input_list", b"is_input_list", "name", b"name", "object_info_json", b"object_info_json", "output_node", b"output_node", "outputs", b"outputs", "python_module", b"python_module", "search_aliases", b"search_aliases"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
