@@ -53,7 +53,7 @@ def _slerp(start: torch.Tensor, end: torch.Tensor, ratio: torch.Tensor) -> torch
     angle = torch.acos(cos_angle)
     sin_angle = torch.sin(angle)
     r = ratio.squeeze(1)
-    result = (torch.sin((1.0 - r) * angle) / sin_angle).unsqueeze(1) * start_dir + (
+    result: torch.Tensor = (torch.sin((1.0 - r) * angle) / sin_angle).unsqueeze(1) * start_dir + (
         torch.sin(r * angle) / sin_angle
     ).unsqueeze(1) * end_dir
     result *= (start_norm * (1.0 - ratio) + end_norm * ratio).expand(-1, channels)

@@ -41,9 +41,7 @@ class EmptyImage(BuiltinNode):
         }
 
     def generate(self, width: int, height: int, batch_size: int = 1, color: int = 0) -> tuple[torch.Tensor]:
-        planes = [
-            torch.full([batch_size, height, width, 1], ((color >> shift) & 0xFF) / 0xFF) for shift in (16, 8, 0)
-        ]
+        planes = [torch.full([batch_size, height, width, 1], ((color >> shift) & 0xFF) / 0xFF) for shift in (16, 8, 0)]
         return (torch.cat(planes, dim=-1),)
 
 
