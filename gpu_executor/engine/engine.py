@@ -114,6 +114,8 @@ class _Run:
                  interrupt: threading.Event) -> None:
         self.engine, self.request, self.sink, self.interrupt = engine, request, sink, interrupt
         self.results: dict[str, list[list[Any]]] = {}
+        self.is_changed: dict[str, Any] = {}  # node id → what its IS_CHANGED returned
+        self.prompt: Any = request.prompt  # what nodes see as PROMPT (with "is_changed" entries, as in ComfyUI)
         self.ui: dict[str, dict[str, Any]] = {}
         self.timings: list[NodeTiming] = []
 
@@ -132,6 +134,7 @@ class _Run:
         order = self._order(graph, validation.runnable_outputs)
         try:
             keys = self._cache_keys(graph, order)
+            self.prompt = self._prompt_with_is_changed()
             to_run, cached = self._plan(graph, validation.runnable_outputs, keys)
             if cached:
                 self.sink.emit(NodesCached(tuple(sort_node_ids(sorted(cached)))))
@@ -195,8 +198,9 @@ class _Run:
                     break
                 linked[name] = (source_key, link.output_index)
             changed: Any = None
-            if spec.has_is_changed and not upstream_uncacheable:
+            if spec.has_is_changed:
                 changed = self._is_changed(node, spec, literals)
+                self.is_changed[node_id] = math.nan if changed is UNCACHEABLE else changed
             keys[node_id] = None if upstream_uncacheable else node_key(node.class_type, literals, linked, changed)
         return keys
 
@@ -213,6 +217,17 @@ class _Run:
         if isinstance(value, float) and math.isnan(value):
             return UNCACHEABLE
         return value
+
+    def _prompt_with_is_changed(self) -> Any:
+        """ComfyUI records each IS_CHANGED result in the prompt as `"is_changed": [value]`, and SaveImage embeds
+        that prompt in the PNG; doing the same keeps saved files byte-identical to ComfyUI's."""
+        if not self.is_changed or not isinstance(self.request.prompt, dict):
+            return self.request.prompt
+        prompt = dict(self.request.prompt)
+        for node_id, value in self.is_changed.items():
+            if isinstance(prompt.get(node_id), dict):
+                prompt[node_id] = {**prompt[node_id], "is_changed": [value]}
+        return prompt
 
     def _plan(self, graph: Graph, outputs: list[str], keys: dict[str, str | None]) -> tuple[set[str], set[str]]:
         """Which nodes must run and which come from the cache; nodes needed only by cached ones do neither."""
@@ -255,7 +270,7 @@ class _Run:
 
         return runtime.NodeRuntime(
             execution_id=request.execution_id, node_id=node.node_id, class_type=node.class_type,
-            prompt=request.prompt, extra_pnginfo=request.extra_pnginfo, input_dir=request.input_dir,
+            prompt=self.prompt, extra_pnginfo=request.extra_pnginfo, input_dir=request.input_dir,
             output_dir=request.output_dir, temp_dir=request.temp_dir, inputs=dict(request.inputs),
             report_progress=progress, is_interrupted=self.interrupt.is_set)
 
@@ -264,7 +279,7 @@ class _Run:
         values: dict[str, list[Any]] = {}
         for name, definition in spec.input_defs().items():
             if definition.category == "hidden":
-                hidden = {"PROMPT": self.request.prompt, "EXTRA_PNGINFO": self.request.extra_pnginfo,
+                hidden = {"PROMPT": self.prompt, "EXTRA_PNGINFO": self.request.extra_pnginfo,
                           "UNIQUE_ID": node.node_id}.get(definition.type)
                 if hidden is not None:
                     values[name] = [hidden]

@@ -6,11 +6,13 @@ The engine loads `NODE_CLASS_MAPPINGS` (class_type → node class, V1 node API) 
 
 from __future__ import annotations
 
+from typing import Any
+
 from gpu_executor.nodes import files, images, latents, masks, primitives
 
 _MODULES = (files, images, masks, latents, primitives)
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {}
+NODE_CLASS_MAPPINGS: dict[str, type[Any]] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
 for _module in _MODULES:
     _clash = NODE_CLASS_MAPPINGS.keys() & _module.NODE_CLASS_MAPPINGS.keys()

@@ -339,7 +339,7 @@ class LoadImageMask(LoadImage):
         return (torch.zeros(pixels.shape[:-1], dtype=pixels.dtype, device=pixels.device),)
 
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {
+NODE_CLASS_MAPPINGS: dict[str, type[Any]] = {
     "LoadImage": LoadImage,
     "LoadImageMask": LoadImageMask,
     "SaveImage": SaveImage,

@@ -7,7 +7,7 @@ comfy_extras/nodes_images.py, nodes_post_processing.py, nodes_mask.py), includin
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional name
@@ -428,7 +428,7 @@ class ImageCompositeMasked(BuiltinNode):
         return (out.movedim(1, -1),)
 
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {
+NODE_CLASS_MAPPINGS: dict[str, type[Any]] = {
     "EmptyImage": EmptyImage,
     "ImageScale": ImageScale,
     "ImageScaleBy": ImageScaleBy,

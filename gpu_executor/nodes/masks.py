@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional name
@@ -189,7 +189,7 @@ class FeatherMask(BuiltinNode):
         return (out,)
 
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {
+NODE_CLASS_MAPPINGS: dict[str, type[Any]] = {
     "ImageToMask": ImageToMask,
     "MaskToImage": MaskToImage,
     "SolidMask": SolidMask,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from gpu_executor.nodes._common import BuiltinNode, InputTypes
 
@@ -80,7 +80,7 @@ class PrimitiveBoolean(BuiltinNode):
         return (value,)
 
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {
+NODE_CLASS_MAPPINGS: dict[str, type[Any]] = {
     "PrimitiveString": PrimitiveString,
     "PrimitiveStringMultiline": PrimitiveStringMultiline,
     "PrimitiveInt": PrimitiveInt,

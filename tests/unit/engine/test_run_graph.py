@@ -112,3 +112,28 @@ def test_output_is_byte_identical_to_real_comfyui(tmp_path: Path) -> None:
     written = Path(result.stdout.split()[0])
     assert written.name == "rec_image_00001_.png"
     assert hashlib.sha256(written.read_bytes()).hexdigest() == COMFYUI_IMAGE_OK_SHA256
+
+
+TRANSCRIPTS = ROOT.parent / "shared" / "comfyui-transcripts"
+
+
+@pytest.mark.skipif(not (TRANSCRIPTS / "upload_and_loadimage.jsonl").exists(), reason="transcripts not beside the repo")
+def test_loadimage_graph_is_byte_identical_to_real_comfyui(tmp_path: Path) -> None:
+    """The recorded upload → LoadImage → ImageInvert → SaveImage run: identical only if the engine records
+    LoadImage's IS_CHANGED in the embedded prompt the way ComfyUI does."""
+    import base64
+    import hashlib
+
+    records = [json.loads(line) for line in (TRANSCRIPTS / "upload_and_loadimage.jsonl").read_text().splitlines()]
+    upload = next(r for r in records if r["kind"] == "http_request" and r["path"] == "/upload/image")
+    image = upload["body"]["multipart"]["image"]
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / image["filename"]).write_bytes(base64.b64decode(image["b64"]))
+    graph = next(r for r in records if r["kind"] == "http_request" and r["path"] == "/prompt")["body"]["prompt"]
+    served = next(r["body"] for r in records if r["kind"] == "http_response" and isinstance(r.get("body"), dict)
+                  and r["body"].get("binary") and r["body"].get("image", {}).get("magic") == "png")
+    result = _run(tmp_path, graph, "--input-dir", str(inputs))
+    assert result.returncode == 0, result.stderr
+    data = Path(result.stdout.split()[0]).read_bytes()
+    assert (len(data), hashlib.sha256(data).hexdigest()) == (served["length"], served["sha256"])

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from gpu_executor.nodes.files import LoadImage, LoadImageMask, PreviewImage, SaveImage, get_save_image_path
 from tests.unit.nodes.conftest import Rig, with_input_names
@@ -36,6 +36,11 @@ def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
         chunks.append((data[offset + 4 : offset + 8], data[offset + 8 : offset + 8 + length]))
         offset += 12 + length
     return chunks
+
+
+def png_text(png: Image.Image) -> dict[str, str]:
+    assert isinstance(png, PngImagePlugin.PngImageFile)
+    return dict(png.text)
 
 
 def zlib_level_flag(data: bytes) -> int:
@@ -67,9 +72,9 @@ def test_save_image_writes_pngs_with_the_prompt_and_counts_on(rig: Rig) -> None:
             # 255·x clipped and truncated to 8 bits
             expected = np.clip(255.0 * images[index].numpy(), 0, 255).astype(np.uint8)
             np.testing.assert_array_equal(np.asarray(png), expected)
-            assert json.loads(png.text["prompt"]) == rig.runtime.prompt
-            assert json.loads(png.text["workflow"]) == {"nodes": [1, 2]}
-            assert json.loads(png.text["note"]) == "ok"
+            assert json.loads(png_text(png)["prompt"]) == rig.runtime.prompt
+            assert json.loads(png_text(png)["workflow"]) == {"nodes": [1, 2]}
+            assert json.loads(png_text(png)["note"]) == "ok"
         texts = [body for kind, body in png_chunks(data) if kind == b"tEXt"]
         assert [t.split(b"\0")[0] for t in texts] == [b"prompt", b"workflow", b"note"]
         assert texts[0] == b"prompt\0" + json.dumps(rig.runtime.prompt).encode()
@@ -82,7 +87,7 @@ def test_save_image_writes_pngs_with_the_prompt_and_counts_on(rig: Rig) -> None:
 def test_save_image_hidden_inputs_win_over_the_runtime(rig: Rig) -> None:
     SaveImage().save_images(torch.zeros((1, 2, 2, 3)), "h", prompt={"a": 1}, extra_pnginfo={"k": [1]})
     with Image.open(rig.runtime.output_dir / "h_00001_.png") as png:
-        assert dict(png.text) == {"prompt": '{"a": 1}', "k": "[1]"}
+        assert png_text(png) == {"prompt": '{"a": 1}', "k": "[1]"}
 
 
 def test_save_image_subfolder_clipping_and_batch_number(rig: Rig) -> None:
@@ -136,7 +141,7 @@ def test_preview_image_writes_to_temp_with_a_random_prefix(rig: Rig) -> None:
     data = (rig.runtime.temp_dir / entry["filename"]).read_bytes()
     assert zlib_level_flag(data) == 0  # compress_level 1
     with Image.open(io.BytesIO(data)) as png:
-        assert json.loads(png.text["prompt"]) == rig.runtime.prompt
+        assert json.loads(png_text(png)["prompt"]) == rig.runtime.prompt
     assert not any(rig.runtime.output_dir.iterdir())
     assert result["result"][0] is images
 
@@ -202,7 +207,8 @@ def test_load_image_animated_gif_gives_a_batch(rig: Rig) -> None:
     image, mask = LoadImage().load_image("anim.gif")
     assert image.shape == (3, 3, 4, 3)
     for index, color in enumerate(colors):
-        np.testing.assert_array_equal(image[index].numpy(), np.broadcast_to(np.float32(color) / 255.0, (3, 4, 3)))
+        expected = np.broadcast_to(np.array(color, dtype=np.float32) / 255.0, (3, 4, 3))
+        np.testing.assert_array_equal(image[index].numpy(), expected)
     assert torch.equal(mask, torch.zeros((3, 64, 64)))
 
 
@@ -215,7 +221,7 @@ def test_load_image_skips_frames_of_another_size(rig: Rig) -> None:
     rig.add_input("pages.tif", buffer.getvalue())
     image, mask = LoadImage().load_image("pages.tif")
     assert image.shape == (2, 4, 4, 3) and mask.shape == (2, 4, 4)
-    assert image[1, 0, 0].tolist() == (np.float32([7, 8, 9]) / np.float32(255)).tolist()
+    assert image[1, 0, 0].tolist() == (np.array([7, 8, 9], dtype=np.float32) / np.float32(255)).tolist()
     assert mask[0].eq(0).all() and mask[1].eq(1).all()
 
 

@@ -144,7 +144,8 @@ def numpy_gaussian(size: int, sigma: float) -> np.ndarray:
     axis = np.linspace(-1.0, 1.0, size)
     xx, yy = np.meshgrid(axis, axis, indexing="ij")
     weights = np.exp(-(xx**2 + yy**2) / (2 * sigma**2))
-    return weights / weights.sum()
+    normalised: np.ndarray = weights / weights.sum()
+    return normalised
 
 
 def numpy_filter(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
