@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,15 +14,16 @@ from service_runtime.db import Database, migrate
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
-    url: str = request.getfixturevalue("postgres_url")
+    # A database of its own per test: suites stay independent of each other and of their order.
+    databases = request.getfixturevalue("postgres_databases")
+    url: str = databases.create()
     return url
 
 
 @pytest.fixture
 async def database(database_url: str) -> AsyncIterator[Database]:
-    """A migrated database; PostgreSQL is emptied after each test by migrating down."""
+    """A migrated database (fresh for each test)."""
     await migrate.upgrade_async(database_url)
     db = Database(database_url)
     yield db
     await db.dispose()
-    await asyncio.to_thread(migrate.downgrade, database_url, "base")
