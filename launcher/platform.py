@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,7 +157,3 @@ class LocalPlatform:
                 component.stop()  # type: ignore[attr-defined]
             except Exception:
                 log.exception("failed to stop %r", component)
-
-
-def temporary_home() -> Path:
-    return Path(tempfile.mkdtemp(prefix="comfymesh-"))
