@@ -239,7 +239,10 @@ class _Run:
             if node_id in to_run or node_id in cached:
                 continue
             key = keys[node_id]
-            if key is not None and key in self.engine.cache:
+            # Output nodes always run: every execution has its own output directory, so replaying a cached
+            # SaveImage would report files that only exist in an earlier execution's directory. (ComfyUI shares one
+            # output directory and replays them.) What they depend on still comes from the cache.
+            if key is not None and key in self.engine.cache and not self._spec(graph.nodes[node_id]).output_node:
                 cached.add(node_id)
                 continue
             to_run.add(node_id)

@@ -9,6 +9,7 @@ node's worker threads that copy the context each see their own.
 from __future__ import annotations
 
 import contextvars
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,7 +134,9 @@ def list_models(folder: str) -> list[str]:
 def model_path(folder: str, name: str) -> Path:
     """The file for a model name; refuses names that escape the folder."""
     for directory in _model_dirs.get().get(folder, ()):
-        candidate = (directory / name).resolve()
-        if candidate.is_relative_to(directory.resolve()) and candidate.is_file():
+        # Lexical check, not resolve(): operators often symlink model files from shared storage, and that is fine;
+        # what is refused is a *name* that climbs out of the folder ("../../etc/passwd").
+        candidate = Path(os.path.normpath(directory / name))
+        if candidate.is_relative_to(Path(os.path.normpath(directory))) and candidate.is_file():
             return candidate
     raise FileNotFoundError(f"model {name!r} not found in {folder}")

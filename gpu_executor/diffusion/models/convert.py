@@ -162,6 +162,7 @@ class UNetKeyMap:
 _VAE_RES = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2", "nin_shortcut": "conv_shortcut"}
 _VAE_ATTN = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
 _VAE_ATTN_OLD = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+_VAE_ATTN_OLD_TO_LDM = {"query": "q", "key": "k", "value": "v", "proj_attn": "proj_out"}
 
 
 def vae_key_to_diffusers(key: str, decoder_levels: int) -> str:
@@ -238,8 +239,6 @@ def vae_diffusers_to_ldm_key(key: str, decoder_levels: int) -> str:
         return f"{side}.mid.attn_1.{inv_attn[name]}.{leaf}"
     raise KeyError(key)
 
-
-_VAE_ATTN_OLD_TO_LDM = {"query": "q", "key": "k", "value": "v", "proj_attn": "proj_out"}
 
 
 def vae_diffusers_to_ldm(sd: Mapping[str, T], decoder_levels: int) -> dict[str, T]:

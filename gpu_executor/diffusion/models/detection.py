@@ -401,7 +401,7 @@ def text_encoder_slot(idx: _Index | Iterable[str], shapes: Shapes, prefix: str) 
     return TextEncoderSlot(name=name, prefix=prefix, layout=layout, hidden_size=width, num_layers=layers)
 
 
-def _classify_unet(cfg: UNetConfig) -> tuple[str, str | None, str | None]:
+def classify_unet(cfg: UNetConfig) -> tuple[str, str | None, str | None]:
     """(family, variant, reason-if-unsupported) from the UNet configuration, mirroring ComfyUI's model table."""
     if cfg.temporal:
         return "svd", None, "video UNets (SVD/SV3D) are not supported"
@@ -445,10 +445,20 @@ def _classify_unet(cfg: UNetConfig) -> tuple[str, str | None, str | None]:
     return "unknown_unet", None, f"unrecognised UNet (context {cfg.context_dim}, channels {cfg.model_channels})"
 
 
-def _sd2_prediction(shapes: Shapes, prefix: str, cfg: UNetConfig, get_tensor: TensorGetter | None) -> Prediction:
+def _sd2_prediction(
+    shapes: Shapes, prefix: str, cfg: UNetConfig, get_tensor: TensorGetter | None, layout: str
+) -> Prediction:
     if cfg.in_channels != 4:  # SD2 inpainting models are eps
         return "eps"
-    key = prefix + SD2_V_PROBE_KEY
+    probe = SD2_V_PROBE_KEY
+    if layout == "diffusers":
+        from gpu_executor.diffusion.models.convert import UNetKeyMap  # convert imports this module
+
+        try:
+            probe = UNetKeyMap(cfg).to_diffusers(SD2_V_PROBE_KEY)
+        except KeyError:
+            return "eps"
+    key = prefix + probe
     if key not in shapes:
         return "eps"
     if get_tensor is None:
@@ -504,7 +514,7 @@ def detect_architecture(keys_and_shapes: Shapes, *, get_tensor: TensorGetter | N
 
     if other is not None and unet_at is None:
         prefix, marker = other
-        family, _, prediction, expected = next(f for f in _OTHER_FAMILIES if f[1] == marker)
+        family, _, other_prediction, expected = next(f for f in _OTHER_FAMILIES if f[1] == marker)
         scale, shift, channels = _LATENT_FORMATS.get(family, (0.0, 0.0, 16))
         variant = None
         if family == "flux":
@@ -512,7 +522,7 @@ def detect_architecture(keys_and_shapes: Shapes, *, get_tensor: TensorGetter | N
         return Architecture(
             family=family,
             supported=False,
-            prediction=prediction,
+            prediction=other_prediction,
             unet_prefix=prefix,
             unet_layout="other",
             vae_prefix=vae_prefix,
@@ -546,11 +556,11 @@ def detect_architecture(keys_and_shapes: Shapes, *, get_tensor: TensorGetter | N
         layout = "diffusers"
         cfg = detect_diffusers_unet_config(shapes, prefix)
 
-    family, variant, reason = _classify_unet(cfg)
+    family, variant, reason = classify_unet(cfg)
     prediction: Prediction = "eps"
     zsnr = False
     if family == SD2:
-        prediction = _sd2_prediction(shapes, prefix, cfg, get_tensor) if layout == "ldm" else "eps"
+        prediction = _sd2_prediction(shapes, prefix, cfg, get_tensor, layout)
     elif family == SDXL:
         if "edm_mean" in shapes and "edm_std" in shapes:
             prediction, reason = "edm", "Playground v2.5 (EDM, SDXL latent mean/std) is not supported"

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.autoencoders.vae import Decoder
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from gpu_executor.diffusion.models.configs import (
@@ -37,7 +38,6 @@ from gpu_executor.diffusion.models.convert import (
     fit_clip_to_model,
     normalize_diffusers_vae,
     open_clip_to_canonical,
-    strip_prefix,
     vae_diffusers_to_ldm,
 )
 from gpu_executor.diffusion.models.detection import (
@@ -51,7 +51,7 @@ from gpu_executor.diffusion.models.safetensors_file import PathLike, Safetensors
 
 log = logging.getLogger(__name__)
 
-M = TypeVar("M", bound=torch.nn.Module)
+T = TypeVar("T")
 Device = str | torch.device
 TextEncoder = CLIPTextModel | CLIPTextModelWithProjection
 
@@ -91,23 +91,31 @@ class LoadedCheckpoint:
         return self.architecture.latent_scale
 
 
+def new_module(cls: Any, /, *args: Any, **kwargs: Any) -> Any:
+    """Instantiate a diffusers/transformers class (typed ``Any``: diffusers has no type information mypy can use)."""
+    return cls(*args, **kwargs)
+
+
 def materialize(
-    factory: Callable[[], M],
+    factory: Callable[[], Any],
     state_dict: Mapping[str, torch.Tensor],
     *,
     device: Device,
     dtype: torch.dtype,
     what: str,
-) -> M:
-    """Create ``factory()`` on the meta device, assign ``state_dict`` (strict) and move it to ``device``/``dtype``."""
+) -> Any:
+    """Create ``factory()`` on the meta device, assign ``state_dict`` (strict) and move it to ``device``/``dtype``.
+
+    Returns the module (an ``nn.Module``; typed ``Any`` because the diffusers classes are untyped)."""
     with torch.device("meta"):
-        module = factory()
+        module: torch.nn.Module = factory()
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     if missing or unexpected:
         raise ConversionError(
-            f"{what}: {len(missing)} missing weights {missing[:5]}, {len(unexpected)} unexpected weights {unexpected[:5]}"
+            f"{what}: {len(missing)} missing weights {missing[:5]}, "
+            f"{len(unexpected)} unexpected weights {unexpected[:5]}"
         )
     wrong = [
         f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
@@ -118,7 +126,8 @@ def materialize(
         raise ConversionError(f"{what}: {len(wrong)} weights have the wrong shape, e.g. {wrong[:3]}")
     module.load_state_dict(dict(state_dict), strict=True, assign=True)
     _materialize_buffers(module, device)
-    module.to(device=device, dtype=dtype)
+    # torch's own Module.to: diffusers' override warns about fp32-pinned modules even when there are none.
+    torch.nn.Module.to(module, device=device, dtype=dtype)
     module.eval()
     module.requires_grad_(False)
     return module
@@ -138,8 +147,10 @@ def _materialize_buffers(module: torch.nn.Module, device: Device) -> None:
             raise ConversionError(f"buffer {name} has no value after loading")
 
 
-def _quiet(fn: Callable[[], M]) -> Callable[[], M]:
-    def run() -> M:
+def quiet_construction(fn: Callable[[], T]) -> Callable[[], T]:
+    """Run a constructor with transformers/diffusers logging limited to errors."""
+
+    def run() -> T:
         loggers = [logging.getLogger(n) for n in ("transformers", "diffusers")]
         levels = [lg.level for lg in loggers]
         for lg in loggers:
@@ -165,8 +176,12 @@ def build_unet(
     key_map = UNetKeyMap(arch.unet)
     sd = key_map.convert(tensors) if arch.unet_layout == "ldm" else dict(tensors)
     config = unet_diffusers_config(arch.unet, arch.family)
-    unet = materialize(
-        _quiet(lambda: UNet2DConditionModel(**config)), sd, device=device, dtype=dtype, what=f"{arch.family} UNet"
+    unet: UNet2DConditionModel = materialize(
+        quiet_construction(lambda: new_module(UNet2DConditionModel, **config)),
+        sd,
+        device=device,
+        dtype=dtype,
+        what=f"{arch.family} UNet",
     )
     return unet, key_map
 
@@ -213,11 +228,12 @@ def build_vae(
     sd = convert_vae(ldm, len(cfg.decoder.ch_mult))
     enc_config = vae_diffusers_config(cfg.encoder, cfg, scaling_factor=scaling_factor)
 
-    def factory() -> AutoencoderKL:
-        vae = AutoencoderKL(**enc_config)
+    def factory() -> Any:
+        vae = new_module(AutoencoderKL, **enc_config)
         if cfg.decoder != cfg.encoder:
             levels = len(cfg.decoder.ch_mult)
-            vae.decoder = Decoder(
+            vae.decoder = new_module(
+                Decoder,
                 in_channels=cfg.z_channels,
                 out_channels=3,
                 up_block_types=("UpDecoderBlock2D",) * levels,
@@ -229,7 +245,8 @@ def build_vae(
             )
         return vae
 
-    return materialize(_quiet(factory), sd, device=device, dtype=dtype, what="VAE")
+    vae: AutoencoderKL = materialize(quiet_construction(factory), sd, device=device, dtype=dtype, what="VAE")
+    return vae
 
 
 def load_vae(
@@ -241,8 +258,9 @@ def load_vae(
     keys = list(header.keys())
     prefix = next((pre for pre in ("first_stage_model.", "vae.") if any(k.startswith(pre) for k in keys)), "")
     tensors = load_tensors(p, prefix=prefix, strip_prefix=True, device=device)
-    tensors = {k: v for k, v in tensors.items() if k.split(".")[0] in ("encoder", "decoder", "quant_conv",
-                                                                         "post_quant_conv")}
+    tensors = {
+        k: v for k, v in tensors.items() if k.split(".")[0] in ("encoder", "decoder", "quant_conv", "post_quant_conv")
+    }
     if not tensors:
         raise UnsupportedModelError(f"{p.name}: no VAE weights found")
     if "decoder.up_blocks.0.resnets.0.norm1.weight" in tensors:
@@ -252,7 +270,9 @@ def load_vae(
         if cfg.decoder != cfg.encoder:
             raise UnsupportedModelError(f"{p.name}: diffusers VAEs with a different decoder width are not supported")
         enc_config = vae_diffusers_config(cfg.encoder, cfg, scaling_factor=scaling_factor)
-        return materialize(_quiet(lambda: AutoencoderKL(**enc_config)), diff, device=device, dtype=dtype, what="VAE")
+        factory = quiet_construction(lambda: new_module(AutoencoderKL, **enc_config))
+        vae: AutoencoderKL = materialize(factory, diff, device=device, dtype=dtype, what="VAE")
+        return vae
     return build_vae(tensors, device=device, dtype=dtype, scaling_factor=scaling_factor)
 
 
@@ -277,10 +297,15 @@ def build_text_encoder(
         return cls(config)
 
     with torch.device("meta"):
-        model_keys = list(_quiet(factory)().state_dict())
+        model_keys = list(quiet_construction(factory)().state_dict())
     sd = fit_clip_to_model(canonical, model_keys)
-    return materialize(_quiet(factory), sd, device=device, dtype=dtype, what=f"text encoder {slot.name}")
+    model: TextEncoder = materialize(
+        quiet_construction(factory), sd, device=device, dtype=dtype, what=f"text encoder {slot.name}"
+    )
+    return model
 
+
+_STANDARD_WIDTHS = (768, 1024, 1280)
 
 _CLIP_PREFIXES = (
     "",
@@ -310,7 +335,9 @@ def load_clip(
     shapes = header.shapes()
     slots = [s for pre in _CLIP_PREFIXES if (s := text_encoder_slot(shapes.keys(), shapes, pre)) is not None]
     if kind is not None:
-        matching = [s for s in slots if s.name == kind]
+        # Non-standard widths cannot be told apart by shape: the caller's kind decides.
+        matching = [s if s.name == kind else replace(s, name=kind) for s in slots
+                    if s.name == kind or s.hidden_size not in _STANDARD_WIDTHS]  # fmt: skip
         if not matching and slots:
             found = ", ".join(f"{s.name} ({s.hidden_size} wide)" for s in slots)
             raise UnsupportedModelError(f"{p.name}: asked for text encoder {kind!r}, the file holds {found}")
@@ -330,8 +357,14 @@ def _belongs_to_clip(key: str, slot: TextEncoderSlot) -> bool:
             "token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection", "logit_scale",
             "attn_mask",
         )  # fmt: skip
-    return key.split(".")[0] in ("text_model", "embeddings", "encoder", "final_layer_norm", "text_projection",
-                                 "logit_scale")
+    return key.split(".")[0] in (
+        "text_model",
+        "embeddings",
+        "encoder",
+        "final_layer_norm",
+        "text_projection",
+        "logit_scale",
+    )
 
 
 # ----------------------------------------------------------------------------------------------------- checkpoint
@@ -383,9 +416,3 @@ def load_checkpoint(
         unet_key_map=key_map,
         metadata=dict(header.metadata),
     )
-
-
-def module_dtype(module: torch.nn.Module) -> torch.dtype:
-    for p in module.parameters():
-        return p.dtype
-    return torch.float32

@@ -155,9 +155,7 @@ def _tensor_info(p: Path, key: str, entry: Any, data_size: int) -> TensorInfo:
         raise CorruptModelFile(f"{p.name}: bad data offsets for {key!r}: {offsets}")
     size = DTYPE_SIZES.get(dtype)
     if size is not None and end - begin != info.numel * size:
-        raise CorruptModelFile(
-            f"{p.name}: {key!r} declares {dtype}{list(shape)} but spans {end - begin} bytes"
-        )
+        raise CorruptModelFile(f"{p.name}: {key!r} declares {dtype}{list(shape)} but spans {end - begin} bytes")
     if end > data_size:
         raise CorruptModelFile(
             f"{p.name}: truncated file: {key!r} ends at byte {end} of the data section, which has {data_size} bytes"
@@ -185,7 +183,8 @@ class SafetensorsFile:
 
     def _open(self) -> Any:
         if self._handle is None:
-            self._ctx = safe_open(str(self.path), framework="pt", device=self._device)
+            ctx: Any = safe_open(str(self.path), framework="pt", device=self._device)
+            self._ctx = ctx
             self._handle = self._ctx.__enter__()
         return self._handle
 
@@ -230,7 +229,7 @@ def load_tensors(
     prefixes = (prefix,) if isinstance(prefix, str) else prefix
     out: dict[str, torch.Tensor] = {}
     with SafetensorsFile(path, device=device) as f:
-        for key in f.keys():
+        for key in f.header.tensors:
             match = next((pre for pre in prefixes if key.startswith(pre)), None)
             if match is None:
                 continue

@@ -13,7 +13,6 @@ import math
 from collections.abc import Callable
 
 import numpy
-import scipy.stats  # type: ignore[import-untyped]
 import torch
 from torch import Tensor
 
@@ -98,6 +97,8 @@ def beta_scheduler(model_sampling: ModelSamplingDiscrete, steps: int, alpha: flo
     """Timesteps at the quantiles of a Beta(alpha, beta) distribution (arXiv:2407.12173), duplicates dropped."""
     total_timesteps = len(model_sampling.sigmas) - 1
     ts = 1 - numpy.linspace(0, 1, steps, endpoint=False)
+    import scipy.stats  # type: ignore[import-untyped]  # only the beta scheduler needs it; it takes 0.7 s
+
     ts = numpy.rint(scipy.stats.beta.ppf(ts, alpha, beta) * total_timesteps)
     sigs: list[float] = []
     last_t = -1.0

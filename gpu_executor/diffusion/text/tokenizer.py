@@ -46,7 +46,8 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def write_vocab_from_bpe(bpe_gz: Path, target: Path) -> None:
     """Derives `vocab.json` and `merges.txt` (the Hugging Face files) from CLIP's original BPE merge list."""
-    lines = gzip.open(bpe_gz).read().decode("utf-8").split("\n")
+    with gzip.open(bpe_gz) as handle:
+        lines = handle.read().decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1:49152 - 256 - 2 + 1]]
     vocab = list(_bytes_to_unicode().values())
     vocab += [token + "</w>" for token in vocab]

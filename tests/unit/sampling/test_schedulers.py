@@ -21,14 +21,16 @@ COMFY_SCHEDULERS = ["simple", "sgm_uniform", "karras", "exponential", "ddim_unif
 
 @pytest.fixture(scope="module")
 def table(ms: ModelSamplingDiscrete) -> np.ndarray:
-    return ms.sigmas.double().numpy()
+    values: np.ndarray = np.array(ms.sigmas.double().tolist(), dtype=np.float64)
+    return values
 
 
 def interp_sigma(table: np.ndarray, t: np.ndarray) -> np.ndarray:
     log = np.log(table)
     lo, hi = np.floor(t).astype(int), np.ceil(t).astype(int)
     w = t - lo
-    return np.exp((1 - w) * log[lo] + w * log[hi])
+    result: np.ndarray = np.exp((1 - w) * log[lo] + w * log[hi])
+    return result
 
 
 def check(got: torch.Tensor, expected: np.ndarray, rtol: float = 1e-5) -> None:

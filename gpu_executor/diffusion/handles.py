@@ -1,0 +1,158 @@
+"""The values that flow between diffusion nodes (ComfyUI's MODEL, CLIP, VAE, CONTROL_NET), and the process-wide
+store that keeps loaded checkpoints across executions.
+
+A handle is cheap and immutable: LoraLoader returns a new handle naming its LoRAs; the weights are patched when a
+handle is used (sampling or text encoding) and only if the patch set differs from what is applied. So a cached
+checkpoint is never changed for good, and two graphs using the same checkpoint with different LoRAs both work.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gpu_executor.diffusion.devices import Placement, choose_placement
+from gpu_executor.diffusion.model_cache import ModelCache, file_key
+from gpu_executor.diffusion.models.controlnet import LoadedControlNet, load_controlnet
+from gpu_executor.diffusion.models.detection import Architecture
+from gpu_executor.diffusion.models.loader import LoadedCheckpoint, load_checkpoint, load_clip, load_vae
+from gpu_executor.diffusion.models.lora import LoraFile, LoraPatcher, load_lora
+
+LoraSpec = tuple[str, float]  # (path, strength)
+
+
+class _Patched:
+    """One LoraPatcher over a set of modules, remembering which LoRAs are merged in right now."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module], key_map: Any) -> None:
+        self.patcher = LoraPatcher(modules, key_map)
+        self.applied: tuple[LoraSpec, ...] = ()
+        self.lock = threading.Lock()
+
+    def activate(self, loras: tuple[LoraSpec, ...], files: dict[str, LoraFile], *, unet: bool) -> None:
+        if loras == self.applied:
+            return
+        self.patcher.unapply()
+        for path, strength in loras:
+            self.patcher.apply(files[path], strength_model=strength if unet else 0.0,
+                               strength_clip=0.0 if unet else strength)
+        self.applied = loras
+
+
+@dataclass
+class LoadedModels:
+    """What one checkpoint file became, with its two patchers (the UNet's, and the text encoders')."""
+
+    checkpoint: LoadedCheckpoint
+    unet_patch: _Patched
+    clip_patch: _Patched | None
+
+
+class ModelStore:
+    """Loaded models by file identity; shared by every execution in the executor process."""
+
+    def __init__(self, placement: Placement | None = None, ram_budget_bytes: int = 48 << 30,
+                 device_budget_bytes: int = 20 << 30) -> None:
+        self.placement = placement or choose_placement()
+        self.cache = ModelCache(self.placement.device, device_budget_bytes, ram_budget_bytes)
+        self._loras: dict[str, LoraFile] = {}
+
+    def checkpoint(self, path: Path) -> LoadedModels:
+        def load() -> LoadedModels:
+            loaded = load_checkpoint(path, device=self.placement.device, dtype=self.placement.dtype,
+                                     vae_dtype=self.placement.vae_dtype)
+            unet_patch = _Patched({"unet": loaded.unet}, loaded.unet_key_map)
+            clip_patch = _Patched(dict(loaded.text_encoders), None) if loaded.text_encoders else None
+            return LoadedModels(loaded, unet_patch, clip_patch)
+
+        value: LoadedModels = self.cache.get_or_load(file_key(path, "checkpoint"), load)
+        return value
+
+    def vae(self, path: Path, scale: float) -> Any:
+        return self.cache.get_or_load(file_key(path, "vae"), lambda: load_vae(
+            path, device=self.placement.device, dtype=self.placement.vae_dtype, scaling_factor=scale))
+
+    def clip(self, path: Path, kind: str | None) -> Any:
+        return self.cache.get_or_load(file_key(path, "clip", kind), lambda: load_clip(
+            path, kind, device=self.placement.device, dtype=self.placement.dtype))
+
+    def controlnet(self, path: Path) -> LoadedControlNet:
+        value: LoadedControlNet = self.cache.get_or_load(file_key(path, "controlnet"), lambda: load_controlnet(
+            path, device=self.placement.device, dtype=self.placement.dtype))
+        return value
+
+    def lora(self, path: Path) -> LoraFile:
+        key = str(path.resolve())
+        if key not in self._loras:
+            self._loras[key] = load_lora(path)
+        return self._loras[key]
+
+    def lora_files(self) -> dict[str, LoraFile]:
+        return self._loras
+
+
+_store: ModelStore | None = None
+_store_lock = threading.Lock()
+
+
+def model_store() -> ModelStore:
+    """The executor process's store (created on first use, so the engine imports without loading torch models)."""
+    global _store
+    with _store_lock:
+        if _store is None:
+            _store = ModelStore()
+        return _store
+
+
+@dataclass(frozen=True)
+class ModelHandle:
+    """MODEL: a UNet, how it samples, and the LoRAs (path, strength) merged into it when it runs."""
+
+    models: LoadedModels
+    loras: tuple[LoraSpec, ...] = ()
+
+    @property
+    def architecture(self) -> Architecture:
+        return self.models.checkpoint.architecture
+
+    def with_lora(self, path: str, strength: float) -> ModelHandle:
+        return ModelHandle(self.models, (*self.loras, (path, strength)))
+
+    def activate(self) -> Any:
+        """Merges this handle's LoRAs into the UNet (if others are merged, restores first); returns the UNet."""
+        patch = self.models.unet_patch
+        with patch.lock:
+            patch.activate(self.loras, model_store().lora_files(), unet=True)
+        return self.models.checkpoint.unet
+
+
+@dataclass(frozen=True)
+class ClipHandle:
+    """CLIP: the text encoders of a family, which layer to read, and their LoRAs."""
+
+    family: str  # "sd1", "sd2", "sdxl", "sdxl_refiner"
+    encoders: dict[str, Any]
+    patch: _Patched | None
+    layer_idx: int | None = None  # CLIPSetLastLayer; None = the family's default
+    loras: tuple[LoraSpec, ...] = field(default=())
+
+    def with_lora(self, path: str, strength: float) -> ClipHandle:
+        return ClipHandle(self.family, self.encoders, self.patch, self.layer_idx, (*self.loras, (path, strength)))
+
+    def with_layer(self, layer_idx: int) -> ClipHandle:
+        return ClipHandle(self.family, self.encoders, self.patch, layer_idx, self.loras)
+
+    def activate(self) -> None:
+        if self.patch is not None:
+            with self.patch.lock:
+                self.patch.activate(self.loras, model_store().lora_files(), unet=False)
+
+
+@dataclass(frozen=True)
+class VaeHandle:
+    vae: Any
+    latent_scale: float
