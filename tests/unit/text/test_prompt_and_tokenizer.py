@@ -63,7 +63,7 @@ def test_long_prompts_chunk_at_75_tokens_keeping_words_whole(tokenizer: ClipToke
 
 
 def test_missing_tokenizer_files_name_what_to_install(tmp_path: Path) -> None:
-    with pytest.raises(TokenizerFilesMissing, match="vocab.json"):
+    with pytest.raises(TokenizerFilesMissing, match=r"vocab\.json"):
         tokenizer_dir(configured=tmp_path)
 
 
