@@ -62,9 +62,10 @@ def main() -> None:
     from diffusers import UNet2DConditionModel
 
     from gpu_executor.diffusion.models.configs import unet_diffusers_config
+    from gpu_executor.diffusion.models.loader import new_module
 
-    full = UNet2DConditionModel(**unet_diffusers_config(sd1_unet_config(), "sd1")).to(placement.device,
-                                                                                       placement.dtype).eval()
+    full = new_module(UNet2DConditionModel, **unet_diffusers_config(sd1_unet_config(), "sd1"))
+    full = full.to(placement.device, placement.dtype).eval()
     seconds_per_step(full, placement.device, placement.dtype, 512, 2)
     per_step = seconds_per_step(full, placement.device, placement.dtype, 512, 20)
     print(f"  full-size SD1.5 UNet at 512 px, 20 steps, cfg 7       {1 / per_step:8.2f} it/s")
