@@ -14,6 +14,7 @@ import socket
 import sys
 
 from comfymesh.executor.v1 import executor_service_pb2, executor_service_pb2_grpc
+from gpu_executor.diffusion.text.conditioning import configure_tokenizer_dir
 from gpu_executor.engine import runtime
 from gpu_executor.engine.registry import build_registry
 from gpu_executor.run_graph import add_arguments, run
@@ -40,6 +41,7 @@ def main() -> None:
     configure_logging("executor", settings.log_level, settings.log_format, settings.service_instance)
     port = settings.executor_port if args.port is None else args.port
     runtime.bind_models_root(settings.models_dir)
+    configure_tokenizer_dir(settings.tokenizer_dir)
     registry = build_registry(settings.custom_node_paths)
     for problem in registry.errors:
         log.warning("custom nodes %s skipped: %s", problem.pack, problem.error,

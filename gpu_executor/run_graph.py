@@ -17,11 +17,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from gpu_executor.diffusion.text.conditioning import configure_tokenizer_dir
 from gpu_executor.engine import runtime
 from gpu_executor.engine.console import ConsoleSink
 from gpu_executor.engine.engine import Engine, ExecutionRequest
 from gpu_executor.engine.events import Cancelled, Failed, Succeeded
 from gpu_executor.engine.registry import build_registry
+from service_runtime.settings import get_settings
 
 EXIT_OK, EXIT_NODE_FAILED, EXIT_INVALID, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -33,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models-dir", type=Path, help="a ComfyUI models/ directory (checkpoints/, loras/, ...)")
     parser.add_argument("--custom-nodes", type=Path, action="append", default=[],
                         help="a custom_nodes directory (repeatable)")
+    parser.add_argument("--tokenizer-dir", type=Path,
+                        help="CLIP tokenizer files (vocab.json, merges.txt); default: COMFYMESH_TOKENIZER_DIR, "
+                             "else derived from the clip-anytorch package")
     parser.add_argument("--temp-dir", type=Path, help="where preview nodes write (default: OUTPUT_DIR/../temp)")
     parser.add_argument("--allow-partial", action="store_true",
                         help="run the valid output branches even if others are invalid (ComfyUI's behaviour)")
@@ -64,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     for directory in (output_dir, temp_dir):
         directory.mkdir(parents=True, exist_ok=True)
     runtime.bind_models_root(args.models_dir)
+    configure_tokenizer_dir(args.tokenizer_dir or get_settings().tokenizer_dir)
     registry = build_registry(args.custom_nodes)
     for problem in registry.errors:
         print(f"warning: custom nodes {problem.pack}{'/' + problem.node_class if problem.node_class else ''} "

@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     models_dir: Path | None = Field(
         None, description="A ComfyUI-style models/ directory (checkpoints/, loras/, ...) for the executor."
     )
+    tokenizer_dir: Path | None = Field(
+        None, description="CLIP tokenizer files (vocab.json, merges.txt; e.g. ComfyUI's comfy/sd1_tokenizer); "
+                          "default: derived from the clip-anytorch package's BPE vocabulary."
+    )
 
     # --- Gateway ---
     gateway_port: int = Field(8080, description="Envoy listener (REST and gRPC).")

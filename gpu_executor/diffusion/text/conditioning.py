@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,17 @@ FAMILY_ENCODERS: dict[str, list[tuple[str, bool, int | None, bool]]] = {
 }
 
 
+_configured_dir: Path | None = None
+
+
+def configure_tokenizer_dir(directory: Path | None) -> None:
+    """Set once by the process (executor or runner) from COMFYMESH_TOKENIZER_DIR."""
+    global _configured_dir
+    _configured_dir = directory
+
+
 def _tokenizer_dir() -> Path:
-    configured = os.environ.get("COMFYMESH_TOKENIZER_DIR")
-    return tokenizer_dir(Path(configured) if configured else None)
+    return tokenizer_dir(_configured_dir)
 
 
 def encode_text(family: str, encoders: dict[str, Any], text: str, layer_idx: int | None
