@@ -19,7 +19,7 @@ from gpu_executor.diffusion.devices import Placement, choose_placement
 from gpu_executor.diffusion.model_cache import ModelCache, file_key
 from gpu_executor.diffusion.models.controlnet import LoadedControlNet, load_controlnet
 from gpu_executor.diffusion.models.detection import Architecture
-from gpu_executor.diffusion.models.loader import LoadedCheckpoint, load_checkpoint, load_clip, load_vae
+from gpu_executor.diffusion.models.loader import LoadedCheckpoint, load_checkpoint, load_clip, load_unet, load_vae
 from gpu_executor.diffusion.models.lora import LoraFile, LoraPatcher, load_lora
 
 LoraSpec = tuple[str, float]  # (path, strength)
@@ -70,6 +70,17 @@ class ModelStore:
             return LoadedModels(loaded, unet_patch, clip_patch)
 
         value: LoadedModels = self.cache.get_or_load(file_key(path, "checkpoint"), load)
+        return value
+
+    def unet(self, path: Path) -> LoadedModels:
+        """UNETLoader: a diffusion model on its own, shaped like a checkpoint without VAE or text encoders."""
+        def load() -> LoadedModels:
+            loaded = load_unet(path, device=self.placement.device, dtype=self.placement.dtype)
+            checkpoint = LoadedCheckpoint(path=path, architecture=loaded.architecture, unet=loaded.unet, vae=None,
+                                          text_encoders={}, unet_key_map=loaded.unet_key_map)
+            return LoadedModels(checkpoint, _Patched({"unet": loaded.unet}, loaded.unet_key_map), None)
+
+        value: LoadedModels = self.cache.get_or_load(file_key(path, "unet"), load)
         return value
 
     def vae(self, path: Path, scale: float) -> Any:

@@ -71,6 +71,26 @@ class CheckpointLoaderSimple(_Node):
         return ModelHandle(models), clip, VaeHandle(checkpoint.vae, arch.latent_scale)
 
 
+class UNETLoader(_Node):
+    CATEGORY = "advanced/loaders"
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load_unet"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"unet_name": (list_models("diffusion_models") + list_models("unet"),),
+                             "weight_dtype": (["default"],)}}
+
+    def load_unet(self, unet_name: str, weight_dtype: str) -> tuple[ModelHandle]:
+        from gpu_executor.diffusion.handles import ModelHandle
+
+        try:
+            path = model_path("diffusion_models", unet_name)
+        except FileNotFoundError:
+            path = model_path("unet", unet_name)
+        return (ModelHandle(model_store().unet(path)),)
+
+
 class VAELoader(_Node):
     CATEGORY = "loaders"
     RETURN_TYPES = ("VAE",)
@@ -579,12 +599,12 @@ class SetLatentNoiseMask(_Node):
 
 
 NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in (
-    CheckpointLoaderSimple, VAELoader, CLIPLoader, DualCLIPLoader, LoraLoader, LoraLoaderModelOnly, ControlNetLoader,
+    CheckpointLoaderSimple, UNETLoader, VAELoader, CLIPLoader, DualCLIPLoader, LoraLoader, LoraLoaderModelOnly, ControlNetLoader,
     CLIPTextEncode, CLIPSetLastLayer, ConditioningCombine, ConditioningSetArea, ConditioningZeroOut,
     ControlNetApply, ControlNetApplyAdvanced, KSampler, KSamplerAdvanced, VAEDecode, VAEDecodeTiled, VAEEncode,
     VAEEncodeForInpaint, SetLatentNoiseMask)}
 NODE_DISPLAY_NAME_MAPPINGS = {
-    "CheckpointLoaderSimple": "Load Checkpoint", "VAELoader": "Load VAE", "CLIPLoader": "Load CLIP",
+    "CheckpointLoaderSimple": "Load Checkpoint", "UNETLoader": "Load Diffusion Model", "VAELoader": "Load VAE", "CLIPLoader": "Load CLIP",
     "DualCLIPLoader": "DualCLIPLoader", "LoraLoader": "Load LoRA", "LoraLoaderModelOnly": "LoraLoaderModelOnly",
     "ControlNetLoader": "Load ControlNet Model", "CLIPTextEncode": "CLIP Text Encode (Prompt)",
     "CLIPSetLastLayer": "CLIP Set Last Layer", "ConditioningCombine": "Conditioning (Combine)",

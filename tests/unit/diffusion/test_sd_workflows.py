@@ -184,3 +184,26 @@ def test_advanced_sampler_split_equals_one_run(sd_engine: Engine, tmp_path: Path
     split["8"]["inputs"]["samples"] = ["20", 0]
     two = pixels(tmp_path, run(sd_engine, tmp_path, split))
     assert np.abs(one.astype(int) - two.astype(int)).max() <= 1
+
+
+def test_separate_unet_vae_and_clip_loaders(sd_engine: Engine, models_root: Path, tmp_path: Path) -> None:
+    """The same checkpoint file serves UNETLoader, VAELoader and CLIPLoader (they read their part of it) and
+    gives the same picture as CheckpointLoaderSimple."""
+    for folder in ("unet", "vae", "clip"):
+        (models_root / folder).mkdir(exist_ok=True)
+        link = models_root / folder / "tiny_sd15.safetensors"
+        if not link.exists():
+            link.symlink_to((models_root / "checkpoints" / "tiny_sd15.safetensors").resolve())
+    base = pixels(tmp_path, run(sd_engine, tmp_path, TXT2IMG))
+    graph = copy.deepcopy(TXT2IMG)
+    graph["21"] = {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny_sd15.safetensors",
+                                                          "weight_dtype": "default"}}
+    graph["22"] = {"class_type": "VAELoader", "inputs": {"vae_name": "tiny_sd15.safetensors"}}
+    graph["23"] = {"class_type": "CLIPLoader", "inputs": {"clip_name": "tiny_sd15.safetensors",
+                                                          "type": "stable_diffusion"}}
+    graph["3"]["inputs"]["model"] = ["21", 0]
+    graph["8"]["inputs"]["vae"] = ["22", 0]
+    graph["6"]["inputs"]["clip"] = ["23", 0]
+    graph["7"]["inputs"]["clip"] = ["23", 0]
+    del graph["4"]
+    assert np.array_equal(base, pixels(tmp_path, run(sd_engine, tmp_path, graph)))
