@@ -599,12 +599,14 @@ class SetLatentNoiseMask(_Node):
 
 
 NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in (
-    CheckpointLoaderSimple, UNETLoader, VAELoader, CLIPLoader, DualCLIPLoader, LoraLoader, LoraLoaderModelOnly, ControlNetLoader,
+    CheckpointLoaderSimple, UNETLoader, VAELoader, CLIPLoader, DualCLIPLoader, LoraLoader, LoraLoaderModelOnly,
+    ControlNetLoader,
     CLIPTextEncode, CLIPSetLastLayer, ConditioningCombine, ConditioningSetArea, ConditioningZeroOut,
     ControlNetApply, ControlNetApplyAdvanced, KSampler, KSamplerAdvanced, VAEDecode, VAEDecodeTiled, VAEEncode,
     VAEEncodeForInpaint, SetLatentNoiseMask)}
 NODE_DISPLAY_NAME_MAPPINGS = {
-    "CheckpointLoaderSimple": "Load Checkpoint", "UNETLoader": "Load Diffusion Model", "VAELoader": "Load VAE", "CLIPLoader": "Load CLIP",
+    "CheckpointLoaderSimple": "Load Checkpoint", "UNETLoader": "Load Diffusion Model", "VAELoader": "Load VAE",
+    "CLIPLoader": "Load CLIP",
     "DualCLIPLoader": "DualCLIPLoader", "LoraLoader": "Load LoRA", "LoraLoaderModelOnly": "LoraLoaderModelOnly",
     "ControlNetLoader": "Load ControlNet Model", "CLIPTextEncode": "CLIP Text Encode (Prompt)",
     "CLIPSetLastLayer": "CLIP Set Last Layer", "ConditioningCombine": "Conditioning (Combine)",
