@@ -50,6 +50,16 @@ class LoadedModels:
     checkpoint: LoadedCheckpoint
     unet_patch: _Patched
     clip_patch: _Patched | None
+    key: tuple[object, ...] = ()
+
+
+def _move(value: LoadedModels, device: torch.device) -> None:
+    checkpoint = value.checkpoint
+    checkpoint.unet.to(device)
+    for encoder in checkpoint.text_encoders.values():
+        encoder.to(device)
+    if checkpoint.vae is not None:
+        checkpoint.vae.to(device)
 
 
 class ModelStore:
@@ -60,27 +70,38 @@ class ModelStore:
         self.placement = placement or choose_placement()
         self.cache = ModelCache(self.placement.device, device_budget_bytes, ram_budget_bytes)
         self._loras: dict[str, LoraFile] = {}
+        # On a GPU, models load into RAM and move to device memory when used (and back, under the budget).
+        self.load_device = torch.device("cpu") if self.placement.device.type == "cuda" else self.placement.device
+
+    def ensure_on_device(self, models: LoadedModels) -> None:
+        """Brings a checkpoint's modules to the compute device, moving least recently used ones back to RAM."""
+        if models.key:
+            self.cache.to_device(models.key, _move)
 
     def checkpoint(self, path: Path) -> LoadedModels:
+        key = file_key(path, "checkpoint")
+
         def load() -> LoadedModels:
-            loaded = load_checkpoint(path, device=self.placement.device, dtype=self.placement.dtype,
+            loaded = load_checkpoint(path, device=self.load_device, dtype=self.placement.dtype,
                                      vae_dtype=self.placement.vae_dtype)
             unet_patch = _Patched({"unet": loaded.unet}, loaded.unet_key_map)
             clip_patch = _Patched(dict(loaded.text_encoders), None) if loaded.text_encoders else None
-            return LoadedModels(loaded, unet_patch, clip_patch)
+            return LoadedModels(loaded, unet_patch, clip_patch, key)
 
-        value: LoadedModels = self.cache.get_or_load(file_key(path, "checkpoint"), load)
+        value: LoadedModels = self.cache.get_or_load(key, load)
         return value
 
     def unet(self, path: Path) -> LoadedModels:
         """UNETLoader: a diffusion model on its own, shaped like a checkpoint without VAE or text encoders."""
+        key = file_key(path, "unet")
+
         def load() -> LoadedModels:
-            loaded = load_unet(path, device=self.placement.device, dtype=self.placement.dtype)
+            loaded = load_unet(path, device=self.load_device, dtype=self.placement.dtype)
             checkpoint = LoadedCheckpoint(path=path, architecture=loaded.architecture, unet=loaded.unet, vae=None,
                                           text_encoders={}, unet_key_map=loaded.unet_key_map)
-            return LoadedModels(checkpoint, _Patched({"unet": loaded.unet}, loaded.unet_key_map), None)
+            return LoadedModels(checkpoint, _Patched({"unet": loaded.unet}, loaded.unet_key_map), None, key)
 
-        value: LoadedModels = self.cache.get_or_load(file_key(path, "unet"), load)
+        value: LoadedModels = self.cache.get_or_load(key, load)
         return value
 
     def vae(self, path: Path, scale: float) -> Any:
@@ -135,6 +156,7 @@ class ModelHandle:
 
     def activate(self) -> Any:
         """Merges this handle's LoRAs into the UNet (if others are merged, restores first); returns the UNet."""
+        model_store().ensure_on_device(self.models)
         patch = self.models.unet_patch
         with patch.lock:
             patch.activate(self.loras, model_store().lora_files(), unet=True)
@@ -150,14 +172,18 @@ class ClipHandle:
     patch: _Patched | None
     layer_idx: int | None = None  # CLIPSetLastLayer; None = the family's default
     loras: tuple[LoraSpec, ...] = field(default=())
+    models: LoadedModels | None = None  # the checkpoint they came from (to bring to the device)
 
     def with_lora(self, path: str, strength: float) -> ClipHandle:
-        return ClipHandle(self.family, self.encoders, self.patch, self.layer_idx, (*self.loras, (path, strength)))
+        return ClipHandle(self.family, self.encoders, self.patch, self.layer_idx, (*self.loras, (path, strength)),
+                          self.models)
 
     def with_layer(self, layer_idx: int) -> ClipHandle:
-        return ClipHandle(self.family, self.encoders, self.patch, layer_idx, self.loras)
+        return ClipHandle(self.family, self.encoders, self.patch, layer_idx, self.loras, self.models)
 
     def activate(self) -> None:
+        if self.models is not None:
+            model_store().ensure_on_device(self.models)
         if self.patch is not None:
             with self.patch.lock:
                 self.patch.activate(self.loras, model_store().lora_files(), unet=False)
@@ -167,3 +193,9 @@ class ClipHandle:
 class VaeHandle:
     vae: Any
     latent_scale: float
+    models: LoadedModels | None = None
+
+    def activate(self) -> Any:
+        if self.models is not None:
+            model_store().ensure_on_device(self.models)
+        return self.vae

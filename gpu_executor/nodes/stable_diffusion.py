@@ -67,8 +67,8 @@ class CheckpointLoaderSimple(_Node):
         models = model_store().checkpoint(model_path("checkpoints", ckpt_name))
         checkpoint = models.checkpoint
         arch = checkpoint.architecture
-        clip = ClipHandle(arch.family, dict(checkpoint.text_encoders), models.clip_patch)
-        return ModelHandle(models), clip, VaeHandle(checkpoint.vae, arch.latent_scale)
+        clip = ClipHandle(arch.family, dict(checkpoint.text_encoders), models.clip_patch, models=models)
+        return ModelHandle(models), clip, VaeHandle(checkpoint.vae, arch.latent_scale, models)
 
 
 class UNETLoader(_Node):
@@ -514,7 +514,7 @@ class VAEDecode(_Node):
                              "vae": ("VAE", {"tooltip": "The VAE model used for decoding the latent."})}}
 
     def decode(self, vae: VaeHandle, samples: dict[str, Any]) -> tuple[torch.Tensor]:
-        return (_vae_ops().decode(vae.vae, samples["samples"]).cpu(),)
+        return (_vae_ops().decode(vae.activate(), samples["samples"]).cpu(),)
 
 
 class VAEDecodeTiled(_Node):
@@ -532,7 +532,7 @@ class VAEDecodeTiled(_Node):
                ) -> tuple[torch.Tensor]:
         if tile_size < overlap * 4:
             overlap = tile_size // 4
-        return (_vae_ops().decode_tiled(vae.vae, samples["samples"], tile_size, overlap).cpu(),)
+        return (_vae_ops().decode_tiled(vae.activate(), samples["samples"], tile_size, overlap).cpu(),)
 
 
 class VAEEncode(_Node):
@@ -545,7 +545,7 @@ class VAEEncode(_Node):
         return {"required": {"pixels": ("IMAGE",), "vae": ("VAE",)}}
 
     def encode(self, vae: VaeHandle, pixels: torch.Tensor) -> tuple[dict[str, Any]]:
-        return ({"samples": _vae_ops().encode(vae.vae, pixels).cpu()},)
+        return ({"samples": _vae_ops().encode(vae.activate(), pixels).cpu()},)
 
 
 class VAEEncodeForInpaint(_Node):
@@ -581,7 +581,7 @@ class VAEEncodeForInpaint(_Node):
             pixels[:, :, :, channel] -= 0.5
             pixels[:, :, :, channel] *= keep
             pixels[:, :, :, channel] += 0.5
-        latent = _vae_ops().encode(vae.vae, pixels).cpu()
+        latent = _vae_ops().encode(vae.activate(), pixels).cpu()
         return ({"samples": latent, "noise_mask": mask_erosion[:, :, :height, :width].round()},)
 
 

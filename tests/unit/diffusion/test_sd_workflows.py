@@ -207,3 +207,22 @@ def test_separate_unet_vae_and_clip_loaders(sd_engine: Engine, models_root: Path
     graph["7"]["inputs"]["clip"] = ["23", 0]
     del graph["4"]
     assert np.array_equal(base, pixels(tmp_path, run(sd_engine, tmp_path, graph)))
+
+
+def test_tiled_decode_and_latent_noise_mask(sd_engine: Engine, tmp_path: Path) -> None:
+    graph = copy.deepcopy(TXT2IMG)
+    graph["5"]["inputs"].update(width=128, height=128)
+    graph["8"] = {"class_type": "VAEDecodeTiled", "inputs": {"samples": ["3", 0], "vae": ["4", 2],
+                                                             "tile_size": 64, "overlap": 16}}
+    tiled = pixels(tmp_path, run(sd_engine, tmp_path, graph))
+    assert tiled.shape == (128, 128, 3)
+
+    masked = copy.deepcopy(TXT2IMG)
+    masked["30"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 64, "height": 64}}
+    masked["31"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["5", 0], "mask": ["30", 0]}}
+    masked["3"]["inputs"]["latent_image"] = ["31", 0]
+    # A zero mask keeps the whole (empty) latent: the decoded image is what an all-zero latent decodes to.
+    kept = pixels(tmp_path, run(sd_engine, tmp_path, masked))
+    zero = copy.deepcopy(TXT2IMG)
+    zero["8"]["inputs"]["samples"] = ["5", 0]
+    assert np.array_equal(kept, pixels(tmp_path, run(sd_engine, tmp_path, zero)))
