@@ -55,11 +55,11 @@ class LoadedModels:
 
 def _move(value: LoadedModels, device: torch.device) -> None:
     checkpoint = value.checkpoint
-    checkpoint.unet.to(device)
-    for encoder in checkpoint.text_encoders.values():
-        encoder.to(device)
+    modules: list[Any] = [checkpoint.unet, *checkpoint.text_encoders.values()]
     if checkpoint.vae is not None:
-        checkpoint.vae.to(device)
+        modules.append(checkpoint.vae)
+    for module in modules:  # typed Any: diffusers' and transformers' .to() wrappers confuse mypy
+        module.to(device)
 
 
 class ModelStore:
