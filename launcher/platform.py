@@ -109,14 +109,21 @@ class LocalPlatform:
         migrate.upgrade(settings.resolved_database_url)
 
         env = self._child_env(settings)
-        cp_metrics, ex_metrics = (free_port(), free_port()) if self.free_ports else (0, 0)
+        # Each process gets its own metrics port: free ones (tests), none when disabled (COMFYMESH_METRICS_PORT=0),
+        # else the default gRPC port + 1000.
+        if self.free_ports:
+            cp_metrics, ex_metrics = free_port(), free_port()
+        elif settings.metrics_port == 0:
+            cp_metrics = ex_metrics = 0
+        else:
+            cp_metrics = settings.metrics_port_for(settings.control_plane_port)
+            ex_metrics = settings.metrics_port_for(settings.executor_port)
         control_plane = self._python_process(
             ["-m", "services.control_plane"], logs / "control_plane.log", "control_plane",
-            {**env, "COMFYMESH_REFLECT_ALL_PUBLIC_SERVICES": "true",
-             **({"COMFYMESH_METRICS_PORT": str(cp_metrics)} if cp_metrics else {})})
+            {**env, "COMFYMESH_REFLECT_ALL_PUBLIC_SERVICES": "true", "COMFYMESH_METRICS_PORT": str(cp_metrics)})
         executor = self._python_process(
             ["-m", "gpu_executor", "serve"], logs / "executor.log", "executor",
-            {**env, **({"COMFYMESH_METRICS_PORT": str(ex_metrics)} if ex_metrics else {})})
+            {**env, "COMFYMESH_METRICS_PORT": str(ex_metrics)})
         cp_address = f"127.0.0.1:{settings.control_plane_port}"
         ex_address = f"127.0.0.1:{settings.executor_port}"
         control_plane.wait_ready(lambda: grpc_health_check(cp_address, timeout=1.0), STARTUP_TIMEOUT)
@@ -138,8 +145,8 @@ class LocalPlatform:
             gateway=gateway, gateway_admin=f"127.0.0.1:{settings.gateway_admin_port}", control_plane=cp_address,
             executor=ex_address, redis_url=settings.redis_url, s3_endpoint=settings.s3_endpoint,
             database_url=settings.resolved_database_url,
-            control_plane_metrics=f"127.0.0.1:{cp_metrics or settings.metrics_port_for(settings.control_plane_port)}",
-            executor_metrics=f"127.0.0.1:{ex_metrics or settings.metrics_port_for(settings.executor_port)}",
+            control_plane_metrics=f"127.0.0.1:{cp_metrics}" if cp_metrics else "(disabled)",
+            executor_metrics=f"127.0.0.1:{ex_metrics}" if ex_metrics else "(disabled)",
         )
 
     def _python_process(self, args: list[str], log_path: Path, name: str, env: dict[str, str]) -> ManagedProcess:

@@ -17,8 +17,14 @@ EXPECTED = {
     "SolidMask", "InvertMask", "CropMask", "GrowMask", "FeatherMask", "EmptyLatentImage", "LatentUpscale",
     "LatentUpscaleBy", "LatentFromBatch", "RepeatLatentBatch", "LatentComposite", "PrimitiveInt", "PrimitiveFloat",
     "PrimitiveString", "PrimitiveStringMultiline", "PrimitiveBoolean",
+    # Stable Diffusion
+    "CheckpointLoaderSimple", "UNETLoader", "VAELoader", "CLIPLoader", "DualCLIPLoader", "LoraLoader",
+    "LoraLoaderModelOnly", "ControlNetLoader", "CLIPTextEncode", "CLIPSetLastLayer", "ConditioningCombine",
+    "ConditioningSetArea", "ConditioningZeroOut", "ControlNetApply", "ControlNetApplyAdvanced", "KSampler",
+    "KSamplerAdvanced", "VAEDecode", "VAEDecodeTiled", "VAEEncode", "VAEEncodeForInpaint", "SetLatentNoiseMask",
 }  # fmt: skip
-TYPES = {"IMAGE", "MASK", "LATENT", "INT", "FLOAT", "STRING", "BOOLEAN"}
+TYPES = {"IMAGE", "MASK", "LATENT", "INT", "FLOAT", "STRING", "BOOLEAN", "MODEL", "CLIP", "VAE", "CONDITIONING",
+         "CONTROL_NET"}
 
 
 def test_the_pack_has_every_node_with_a_display_name() -> None:
