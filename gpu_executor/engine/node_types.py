@@ -135,6 +135,12 @@ def object_info(spec: NodeSpec) -> dict[str, Any]:
     }
     if spec.output_tooltips:
         info["output_tooltips"] = list(spec.output_tooltips)
+    aliases = getattr(spec.cls, "SEARCH_ALIASES", None)
+    if aliases:
+        info["search_aliases"] = list(aliases)
+    essentials = getattr(spec.cls, "ESSENTIALS_CATEGORY", None)
+    if essentials:
+        info["essentials_category"] = str(essentials)
     if spec.deprecated:
         info["deprecated"] = True
     if spec.experimental:

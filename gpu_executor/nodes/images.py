@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional name
 
+from gpu_executor.imaging import CROP_METHODS, IMAGE_UPSCALE_METHODS, common_upscale
 from gpu_executor.nodes._common import (
     MAX_RESOLUTION,
     BuiltinNode,
@@ -19,7 +20,6 @@ from gpu_executor.nodes._common import (
     composite,
     image_alpha_fix,
 )
-from gpu_executor.nodes._upscale import CROP_METHODS, IMAGE_UPSCALE_METHODS, common_upscale
 
 BLEND_MODES = ["normal", "multiply", "screen", "overlay", "soft_light", "difference"]
 

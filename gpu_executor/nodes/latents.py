@@ -10,8 +10,8 @@ from typing import Any, ClassVar
 import torch
 
 from gpu_executor.engine.runtime import check_interrupted
+from gpu_executor.imaging import CROP_METHODS, LATENT_UPSCALE_METHODS, common_upscale
 from gpu_executor.nodes._common import MAX_RESOLUTION, BuiltinNode, InputTypes
-from gpu_executor.nodes._upscale import CROP_METHODS, LATENT_UPSCALE_METHODS, common_upscale
 
 Latent = dict[str, Any]
 

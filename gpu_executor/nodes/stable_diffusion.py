@@ -50,7 +50,9 @@ class _Node:
 # --- loaders ------------------------------------------------------------------------------------------------------
 
 class CheckpointLoaderSimple(_Node):
-    CATEGORY = "loaders"
+    CATEGORY = "model/loaders"
+    SEARCH_ALIASES: ClassVar[list[str]] = ["load model", "checkpoint", "model loader", "load checkpoint", "ckpt",
+                                           "model"]
     RETURN_TYPES = ("MODEL", "CLIP", "VAE")
     OUTPUT_TOOLTIPS = ("The model used for denoising latents.",
                        "The CLIP model used for encoding text prompts.",
@@ -209,7 +211,9 @@ class ControlNetLoader(_Node):
 # --- text and conditioning -------------------------------------------------------------------------------------------
 
 class CLIPTextEncode(_Node):
-    CATEGORY = "conditioning"
+    CATEGORY = "model/conditioning"
+    SEARCH_ALIASES: ClassVar[list[str]] = ["text", "prompt", "text prompt", "positive prompt", "negative prompt",
+                                           "encode text", "text encoder", "encode prompt"]
     RETURN_TYPES = ("CONDITIONING",)
     OUTPUT_TOOLTIPS = ("A conditioning containing the embedded text used to guide the diffusion model.",)
     FUNCTION = "encode"
@@ -442,6 +446,8 @@ def common_ksampler(model: ModelHandle, seed: int, steps: int, cfg: float, sampl
 
 
 class KSampler(_Node):
+    CATEGORY = "model/sampling"
+    SEARCH_ALIASES: ClassVar[list[str]] = ["sampler", "sample", "generate", "denoise", "diffuse", "txt2img", "img2img"]
     RETURN_TYPES = ("LATENT",)
     OUTPUT_TOOLTIPS = ("The denoised latent.",)
     FUNCTION = "sample"
@@ -504,7 +510,8 @@ class KSamplerAdvanced(_Node):
 # --- VAE -----------------------------------------------------------------------------------------------------------
 
 class VAEDecode(_Node):
-    CATEGORY = "latent"
+    CATEGORY = "model/latent"
+    SEARCH_ALIASES: ClassVar[list[str]] = ["decode", "decode latent", "latent to image", "render latent"]
     RETURN_TYPES = ("IMAGE",)
     OUTPUT_TOOLTIPS = ("The decoded image.",)
     FUNCTION = "decode"

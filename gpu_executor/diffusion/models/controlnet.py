@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 from diffusers.models.controlnets.controlnet import ControlNetModel
 
 from gpu_executor.diffusion.models.configs import controlnet_diffusers_config
@@ -31,6 +30,7 @@ from gpu_executor.diffusion.models.detection import (
 from gpu_executor.diffusion.models.errors import UnsupportedModelError
 from gpu_executor.diffusion.models.loader import Device, materialize, new_module, quiet_construction
 from gpu_executor.diffusion.models.safetensors_file import PathLike, load_tensors, read_header
+from gpu_executor.imaging import common_upscale
 
 
 @dataclass
@@ -114,16 +114,7 @@ def common_upscale_center(
     samples: torch.Tensor, width: int, height: int, method: str = "nearest-exact"
 ) -> torch.Tensor:
     """ComfyUI ``common_upscale(samples, width, height, method, "center")`` for ``[B, C, H, W]`` tensors."""
-    old_h, old_w = samples.shape[-2], samples.shape[-1]
-    old_aspect = old_w / old_h
-    new_aspect = width / height
-    x = y = 0
-    if old_aspect > new_aspect:
-        x = round((old_w - old_w * (new_aspect / old_aspect)) / 2)
-    elif old_aspect < new_aspect:
-        y = round((old_h - old_h * (old_aspect / new_aspect)) / 2)
-    s = samples.narrow(-2, y, old_h - y * 2).narrow(-1, x, old_w - x * 2)
-    return F.interpolate(s, size=(height, width), mode=method)
+    return common_upscale(samples, width, height, method, "center")
 
 
 def broadcast_image_to(tensor: torch.Tensor, target_batch: int, batched_number: int = 1) -> torch.Tensor:

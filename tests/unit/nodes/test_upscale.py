@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from PIL import Image
 
-from gpu_executor.nodes._upscale import center_crop_box, common_upscale
+from gpu_executor.imaging import center_crop_box, common_upscale
 
 pytestmark = pytest.mark.unit
 
