@@ -34,6 +34,7 @@ ComfyMesh is up.
   redis                  {endpoints.redis_url}
   s3                     http://{endpoints.s3_endpoint}
   database               {endpoints.database_url}
+  models                 {platform.models_dir(platform.settings)}/ (ComfyUI folders: checkpoints/, loras/, ...)
   logs                   {settings.home.resolve() / 'logs'}/
 Press Ctrl-C to stop.""", flush=True)
     try:

@@ -68,13 +68,26 @@ class LocalPlatform:
             "LOG_FORMAT": settings.log_format, "LOG_LEVEL": settings.log_level, "BIND_HOST": "127.0.0.1",
             "SECRET_KEY": settings.secret_key, "OTEL_ENDPOINT": settings.otel_endpoint,
             "ENVIRONMENT": settings.environment,
+            "MODELS_DIR": str(self.models_dir(settings)),
         }
+        if settings.tokenizer_dir is not None:
+            values["TOKENIZER_DIR"] = str(settings.tokenizer_dir)
         # In one process every component is reached at the control plane's address.
         for component in ("workflow", "queue", "execution", "model", "auth", "webhook"):
             values[f"{component.upper()}_ADDR"] = f"127.0.0.1:{settings.control_plane_port}"
         values["EXECUTOR_ADDR"] = f"127.0.0.1:{settings.executor_port}"
         env.update({f"COMFYMESH_{k}": v for k, v in values.items()})
         return env
+
+    def models_dir(self, settings: Settings) -> Path:
+        """COMFYMESH_MODELS_DIR, or COMFYMESH_HOME/models with ComfyUI's folders (put checkpoints/ files there)."""
+        if settings.models_dir is not None:
+            return settings.models_dir.resolve()
+        root = self.home / "models"
+        for folder in ("checkpoints", "loras", "vae", "controlnet", "clip", "text_encoders", "unet",
+                       "diffusion_models", "embeddings", "upscale_models"):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+        return root
 
     def start(self) -> Endpoints:
         try:
