@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -14,8 +13,6 @@ from service_runtime.pagination import PageTokenCodec
 from service_runtime.redis_client import create_redis
 from service_runtime.secrets import deployment_secret
 from service_runtime.settings import Settings
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
