@@ -1,0 +1,1 @@
+"""Executor I/O: input files materialised from inline bytes, the object store, or vetted http(s) URLs."""

@@ -1,0 +1,1 @@
+"""Executor telemetry: what the executor runs on (GPUs through NVML, the CPU otherwise)."""
