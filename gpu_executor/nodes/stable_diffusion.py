@@ -7,6 +7,7 @@ takes seconds, and an executor must answer Describe quickly after it starts.
 
 from __future__ import annotations
 
+import functools
 import io
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -388,17 +389,31 @@ def model_sampling_for(model: ModelHandle) -> ModelSamplingDiscrete:
     return ModelSamplingDiscrete("v_prediction" if prediction == "v" else "eps")
 
 
-def _sdxl_conditions(entries: list[Any], rows: int, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    """SDXL's extra inputs: the pooled text embedding and the size/crop ids (ComfyUI's defaults: 768 px)."""
+def _sdxl_conditions(entries: list[Any], rows: int, device: torch.device, dtype: torch.dtype, *,
+                     refiner: bool = False) -> dict[str, Any]:
+    """SDXL's extra inputs (ComfyUI's SDXL/SDXLRefiner encode_adm): the pooled text embedding and the ids diffusers
+    embeds like ComfyUI's Timestep(256). Base: height, width, crop_h, crop_w, target height and width (defaults
+    768 px, no crop, target = size). Refiner: height, width, crop_h, crop_w and the aesthetic score (default 6, or
+    2.5 for an entry of the negative list: see `_with_prompt_type`)."""
     embeds, ids = [], []
     for _tensor, options in entries:
         pooled = options.get("pooled_output")
         width, height = options.get("width", 768), options.get("height", 768)
-        time_ids = [height, width, options.get("crop_h", 0), options.get("crop_w", 0),
-                    options.get("target_height", height), options.get("target_width", width)]
+        time_ids = [height, width, options.get("crop_h", 0), options.get("crop_w", 0)]
+        if refiner:
+            default_score = 2.5 if options.get("prompt_type", "") == "negative" else 6.0
+            time_ids.append(options.get("aesthetic_score", default_score))
+        else:
+            time_ids += [options.get("target_height", height), options.get("target_width", width)]
         embeds.append(pooled.expand(rows, -1))
         ids.append(torch.tensor([time_ids] * rows, dtype=torch.float32))
     return {"text_embeds": torch.cat(embeds).to(device, dtype), "time_ids": torch.cat(ids).to(device, dtype)}
+
+
+def _with_prompt_type(conditioning: list[Any], prompt_type: str) -> list[Any]:
+    """The entries with the list they are sampled as ("positive"/"negative"), which ComfyUI passes to the model's
+    encode_adm as ``prompt_type`` (an entry's own value wins). Copies: the node outputs are not changed."""
+    return [[tensor, {"prompt_type": prompt_type, **options}] for tensor, options in conditioning]
 
 
 def _preview(denoised: torch.Tensor) -> tuple[str, bytes]:
@@ -426,9 +441,12 @@ def common_ksampler(model: ModelHandle, seed: int, steps: int, cfg: float, sampl
     unet = model.activate()
     arch = model.architecture
     model_sampling = model_sampling_for(model)
+    added_conditions = None
+    if arch.family in ("sdxl", "sdxl_refiner"):
+        added_conditions = functools.partial(_sdxl_conditions, refiner=arch.family == "sdxl_refiner")
+        positive, negative = _with_prompt_type(positive, "positive"), _with_prompt_type(negative, "negative")
     denoiser = UNetDenoiser(unet, store.placement.device, store.placement.dtype,
-                            control=_control_function(model_sampling),
-                            added_conditions=_sdxl_conditions if arch.family in ("sdxl", "sdxl_refiner") else None)
+                            control=_control_function(model_sampling), added_conditions=added_conditions)
     bar = ProgressBar(steps)
 
     def callback(info: dict[str, Any]) -> None:

@@ -7,6 +7,12 @@ full-size checkpoints for detection tests. Nothing is downloaded.
   decoder; and a full-shape CLIP-L text encoder (12 layers, 768 wide, vocab 49408, 77 positions: ~123M params). It is
   cached under ``$COMFYMESH_TEST_MODEL_CACHE`` (default ``<repo>/.cache/test-models/``), keyed by a hash of the
   generator parameters and written atomically.
+* `make_tiny_sd2_checkpoint`, `make_tiny_sdxl_checkpoint` — SD2.x (eps or v) and SDXL base/refiner single-file
+  checkpoints built the same way: the widths detection relies on (UNet ``model_channels`` 320/384, context
+  1024/2048/1280, ADM 2816/2560; CLIP-L 768, OpenCLIP-H 1024, bigG 1280 with vocab 49408 and 77 positions) with
+  three text-encoder layers and small UNets. The SD2 UNet keeps SD2's 4×2 res blocks (so ``output_blocks.11``,
+  which the v-prediction test reads, exists) at 320 channels with attention only on the full-resolution level;
+  the SDXL UNets have two levels with attention only on the second (as SDXL leaves its first level without).
 * `make_tiny_lora`, `make_tiny_controlnet` — small files sized from a checkpoint.
 * `shape_layout(name)` — key → shape dicts (no tensors) of SD1, SD2, SDXL base/refiner, SD3 and Flux checkpoints;
   `sd2_v_probe(v)` supplies the one weight SD2's v-prediction test reads.
@@ -21,6 +27,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -123,6 +130,27 @@ def tiny_sd1_unet_config(levels: int = 1) -> UNetConfig:
     raise ValueError("levels must be 1 or 2")
 
 
+def tiny_sd2_unet_config() -> UNetConfig:
+    """SD2's detection widths (320 channels, context 1024, linear projections) and its 4 levels × 2 res blocks, so
+    the 12 output blocks and the v-prediction probe (``output_blocks.11.1...``) are where SD2 has them; every level
+    is 320 wide and only the full-resolution level (input and output) has attention, one block deep."""
+    depth, depth_out = (1, 1, 0, 0, 0, 0, 0, 0), (1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    return _unet(320, (1, 1, 1, 1), (2, 2, 2, 2), depth, depth_out, mid=1, ctx=1024, adm=None, linear=True)
+
+
+def tiny_sdxl_unet_config(refiner: bool = False) -> UNetConfig:
+    """SDXL base (320 channels, context 2048, ADM 2816) or refiner (384, 1280, 2560) widths; two levels of one res
+    block at the base width, attention (depth 1) on the second level and the middle block only."""
+    mc, ctx, adm = (384, 1280, 2560) if refiner else (320, 2048, 2816)
+    return _unet(mc, (1, 1), (1, 1), (0, 1), (0, 0, 1, 1), mid=1, ctx=ctx, adm=adm, linear=True)
+
+
+TINY_TEXT_LAYERS = 3
+TINY_CLIP_L = replace(CLIP_L, num_layers=TINY_TEXT_LAYERS)
+TINY_CLIP_H = replace(CLIP_H, num_layers=TINY_TEXT_LAYERS)
+TINY_CLIP_G = replace(CLIP_G, num_layers=TINY_TEXT_LAYERS)
+
+
 # -------------------------------------------------------------------------------------------------- tensor fill
 
 
@@ -166,6 +194,11 @@ def _schedule_buffers() -> dict[str, torch.Tensor]:
 def _params_key(params: Mapping[str, object]) -> str:
     blob = json.dumps({**params, "generator_version": GENERATOR_VERSION}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _layout_digest(layout: Layout) -> str:
+    """Part of the cache key of the SD2/SDXL generators: a change to their layouts builds a new file."""
+    return hashlib.sha256(json.dumps(sorted(layout.items())).encode()).hexdigest()[:16]
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], target: Path, metadata: dict[str, str]) -> None:
@@ -222,6 +255,64 @@ def make_tiny_sd1_checkpoint(
     if not cached.exists():
         tensors = fill_layout(tiny_sd1_layout(levels), seed, DTYPES[dtype])
         tensors.update(_schedule_buffers())
+        _atomic_save(tensors, cached, {"format": "pt", "comfymesh.test_model": json.dumps(params)})
+    return _deliver(cached, path)
+
+
+def tiny_sd2_layout() -> Layout:
+    layout: Layout = {}
+    layout.update(prefixed(unet_layout(tiny_sd2_unet_config()), "model.diffusion_model."))
+    layout.update(prefixed(vae_layout(TINY_VAE_ENCODER, TINY_VAE_DECODER), "first_stage_model."))
+    layout.update(prefixed(clip_open_clip_layout(TINY_CLIP_H), "cond_stage_model.model."))
+    return layout
+
+
+def tiny_sdxl_layout(refiner: bool = False) -> Layout:
+    """SGM layout: CLIP-L (transformers) at ``conditioner.embedders.0`` and bigG (OpenCLIP) at ``embedders.1``; the
+    refiner has only bigG, at ``embedders.0``."""
+    layout: Layout = {}
+    layout.update(prefixed(unet_layout(tiny_sdxl_unet_config(refiner)), "model.diffusion_model."))
+    layout.update(prefixed(vae_layout(TINY_VAE_ENCODER, TINY_VAE_DECODER), "first_stage_model."))
+    if refiner:
+        layout.update(prefixed(clip_open_clip_layout(TINY_CLIP_G), "conditioner.embedders.0.model."))
+    else:
+        layout.update(prefixed(clip_transformers_layout(TINY_CLIP_L), "conditioner.embedders.0.transformer."))
+        layout.update(prefixed(clip_open_clip_layout(TINY_CLIP_G), "conditioner.embedders.1.model."))
+    return layout
+
+
+def make_tiny_sd2_checkpoint(
+    path: str | os.PathLike[str] | None = None, seed: int = 0, *, v_prediction: bool = False, dtype: str = "fp16"
+) -> Path:
+    """A tiny random SD2.x checkpoint (OpenCLIP-H text encoder under ``cond_stage_model.model.``).
+
+    The eps and v files of one seed hold the same tensors except ComfyUI's v-prediction probe weight, which gets a
+    spread above (v) or below (eps) the detection threshold. Cached and delivered like `make_tiny_sd1_checkpoint`.
+    """
+    layout = tiny_sd2_layout()
+    params = {"kind": "sd2", "seed": seed, "v_prediction": v_prediction, "dtype": dtype}
+    params["layout"] = _layout_digest(layout)
+    pred = "v" if v_prediction else "eps"
+    cached = cache_dir() / f"tiny-sd2-{pred}-s{seed}-{dtype}-{_params_key(params)}.safetensors"
+    if not cached.exists():
+        tensors = fill_layout(layout, seed, DTYPES[dtype])
+        tensors.update({k: v.to(DTYPES[dtype]) for k, v in sd2_v_probe(v_prediction, seed=seed).items()})
+        tensors.update(_schedule_buffers())
+        _atomic_save(tensors, cached, {"format": "pt", "comfymesh.test_model": json.dumps(params)})
+    return _deliver(cached, path)
+
+
+def make_tiny_sdxl_checkpoint(
+    path: str | os.PathLike[str] | None = None, seed: int = 0, *, refiner: bool = False, dtype: str = "fp16"
+) -> Path:
+    """A tiny random SDXL base (CLIP-L + bigG) or refiner (bigG only) checkpoint in the SGM single-file layout.
+    Cached and delivered like `make_tiny_sd1_checkpoint`."""
+    kind = "sdxl_refiner" if refiner else "sdxl"
+    layout = tiny_sdxl_layout(refiner)
+    params = {"kind": kind, "seed": seed, "dtype": dtype, "layout": _layout_digest(layout)}
+    cached = cache_dir() / f"tiny-{kind}-s{seed}-{dtype}-{_params_key(params)}.safetensors"
+    if not cached.exists():
+        tensors = fill_layout(layout, seed, DTYPES[dtype])
         _atomic_save(tensors, cached, {"format": "pt", "comfymesh.test_model": json.dumps(params)})
     return _deliver(cached, path)
 
