@@ -259,6 +259,16 @@ class ManagedProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._popen.pid, sig)
 
+    def start_and_wait(self, probe: Callable[[], bool], timeout: float, *, failure_grace: float = 2.0) -> Self:
+        """start() then wait_ready(); a process that never becomes ready is stopped before the error propagates."""
+        self.start()
+        try:
+            self.wait_ready(probe, timeout)
+        except BaseException:
+            self.stop(grace=failure_grace)
+            raise
+        return self
+
     def send_signal(self, sig: signal.Signals) -> None:
         """Signals the leader only (e.g. SIGTERM to observe a graceful drain); `stop()` is the way to end it."""
         if self._popen is not None and self._popen.poll() is None:

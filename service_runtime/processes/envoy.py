@@ -104,12 +104,7 @@ class EnvoyProcess:
 
     def start(self, timeout: float = 30.0) -> Self:
         self.process = ManagedProcess(self.argv(), log_path=self.log_path, name=f"envoy:{self.admin_port}")
-        self.process.start()
-        try:
-            self.process.wait_ready(self._ready, timeout)
-        except BaseException:
-            self.process.stop(grace=2.0)
-            raise
+        self.process.start_and_wait(self._ready, timeout)
         return self
 
     def stop(self, grace: float = 10.0) -> None:

@@ -101,12 +101,7 @@ class ValkeyServer:
     def start(self, timeout: float = 15.0) -> Self:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = ManagedProcess(self.argv(), log_path=self.log_path, name=f"valkey:{self.port}")
-        self.process.start()
-        try:
-            self.process.wait_ready(self._ping, timeout)
-        except BaseException:
-            self.process.stop(grace=2.0)
-            raise
+        self.process.start_and_wait(self._ping, timeout)
         return self
 
     def stop(self, grace: float = 10.0) -> None:
