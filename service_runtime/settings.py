@@ -93,6 +93,16 @@ class Settings(BaseSettings):
                           "default: derived from the clip-anytorch package's BPE vocabulary."
     )
 
+    max_inline_input_bytes: int = Field(8 << 20, description="Largest input file sent inline with an execution.")
+    max_url_input_bytes: int = Field(256 << 20, description="Largest input file the executor fetches from a URL.")
+    url_fetch_timeout_seconds: float = Field(30.0, description="Deadline for fetching one input URL.")
+    allow_private_urls: bool = Field(
+        False, description="Let input URLs reach private, loopback and link-local addresses (off: SSRF guard)."
+    )
+    interrupt_grace_seconds: float = Field(
+        10.0, description="How long a node may ignore an interrupt before the executor kills its worker process."
+    )
+
     # --- Gateway ---
     gateway_port: int = Field(8080, description="Envoy listener (REST and gRPC).")
     gateway_admin_port: int = Field(9901, description="Envoy admin port (bound to 127.0.0.1 only).")

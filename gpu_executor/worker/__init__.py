@@ -1,0 +1,1 @@
+"""The supervised worker: graphs run in a child process that holds the models; the gRPC server supervises it."""
