@@ -224,7 +224,3 @@ def _describe_file(path: Path) -> tuple[str, int, int]:
     with contextlib.suppress(UnidentifiedImageError, OSError), Image.open(path) as image:  # not an image: no size
         width, height = image.size
     return digest.hexdigest(), width, height
-
-
-def describe_state(runner: ExecutionRunner) -> dict[str, Any]:
-    return {"current": runner.current[0] if runner.current else "", "completed": runner.completed}
