@@ -185,3 +185,14 @@ def test_interrupt_of_nothing_says_so(executor: str) -> None:
     assert not reply.interrupted
 
 
+
+
+def test_describe_reports_the_device_and_the_catalog(executor: str) -> None:
+    with grpc.insecure_channel(executor) as channel:
+        description = executor_service_pb2_grpc.GpuExecutorServiceStub(channel).Describe(
+            executor_service_pb2.DescribeRequest(include_catalog=True), timeout=30)
+    assert description.device.kind in ("cpu", "cuda") and description.device.memory_total_bytes > 0
+    assert description.state == executor_service_pb2.EXECUTOR_STATE_IDLE
+    assert description.executions_completed >= 1
+    names = {d.name for d in description.catalog}
+    assert {"KSampler", "SaveImage", "Crash", "Stubborn"} <= names and description.catalog_hash
