@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import io
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -89,11 +90,7 @@ class UNETLoader(_Node):
     def load_unet(self, unet_name: str, weight_dtype: str) -> tuple[ModelHandle]:
         from gpu_executor.diffusion.handles import ModelHandle
 
-        try:
-            path = model_path("diffusion_models", unet_name)
-        except FileNotFoundError:
-            path = model_path("unet", unet_name)
-        return (ModelHandle(model_store().unet(path)),)
+        return (ModelHandle(model_store().unet(_model_in(("diffusion_models", "unet"), unet_name))),)
 
 
 class VAELoader(_Node):
@@ -128,7 +125,7 @@ class CLIPLoader(_Node):
         from gpu_executor.diffusion.handles import ClipHandle
 
         family, kind = self._TYPES[type]
-        encoder = model_store().clip(_text_encoder_path(clip_name), kind)
+        encoder = model_store().clip(_model_in(TEXT_ENCODER_FOLDERS, clip_name), kind)
         return (ClipHandle(family, {kind: encoder}, None),)
 
 
@@ -147,17 +144,30 @@ class DualCLIPLoader(_Node):
 
         encoders = {}
         for name in (clip_name1, clip_name2):
-            encoder = model_store().clip(_text_encoder_path(name), None)
+            encoder = model_store().clip(_model_in(TEXT_ENCODER_FOLDERS, name), None)
             width = encoder.config.hidden_size
             encoders["l" if width == 768 else "g"] = encoder
         return (ClipHandle("sdxl", encoders, None),)
 
 
-def _text_encoder_path(name: str) -> Any:
-    try:
-        return model_path("text_encoders", name)
-    except FileNotFoundError:
-        return model_path("clip", name)
+TEXT_ENCODER_FOLDERS = ("text_encoders", "clip")
+
+
+def _model_in(folders: tuple[str, ...], name: str) -> Path:
+    """The file for a model name in the first of ComfyUI's folders that has it (new name first, legacy after)."""
+    for folder in folders[:-1]:
+        try:
+            return model_path(folder, name)
+        except FileNotFoundError:
+            continue
+    return model_path(folders[-1], name)
+
+
+def _loaded_lora(lora_name: str) -> str:
+    """Loads (once) the LoRA file and returns the key handles name it by."""
+    path = model_path("loras", lora_name)
+    model_store().lora(path)
+    return str(path.resolve())
 
 
 class LoraLoader(_Node):
@@ -173,10 +183,9 @@ class LoraLoader(_Node):
 
     def load_lora(self, model: ModelHandle, clip: ClipHandle, lora_name: str, strength_model: float,
                   strength_clip: float) -> tuple[ModelHandle, ClipHandle]:
-        path = model_path("loras", lora_name)
-        model_store().lora(path)
-        new_model = model.with_lora(str(path.resolve()), strength_model) if strength_model != 0 else model
-        new_clip = clip.with_lora(str(path.resolve()), strength_clip) if strength_clip != 0 else clip
+        key = _loaded_lora(lora_name)
+        new_model = model.with_lora(key, strength_model) if strength_model != 0 else model
+        new_clip = clip.with_lora(key, strength_clip) if strength_clip != 0 else clip
         return new_model, new_clip
 
 
@@ -191,9 +200,8 @@ class LoraLoaderModelOnly(_Node):
                              "strength_model": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01})}}
 
     def load_lora_model_only(self, model: ModelHandle, lora_name: str, strength_model: float) -> tuple[ModelHandle]:
-        path = model_path("loras", lora_name)
-        model_store().lora(path)
-        return (model.with_lora(str(path.resolve()), strength_model) if strength_model != 0 else model,)
+        key = _loaded_lora(lora_name)
+        return (model.with_lora(key, strength_model) if strength_model != 0 else model,)
 
 
 class ControlNetLoader(_Node):
