@@ -103,6 +103,38 @@ class Settings(BaseSettings):
         10.0, description="How long a node may ignore an interrupt before the executor kills its worker process."
     )
 
+    # --- Queue (QueueService) ---
+    queue_max_size: int = Field(10_000, description="Most executions queued at once; more are refused (0 = no limit).")
+    queue_lease_seconds: float = Field(
+        30.0, description="A dispatcher's lease on a job; renewed every third of it while the job runs."
+    )
+    queue_max_attempts: int = Field(3, description="Attempts per execution before it is dead-lettered (FAILED).")
+    queue_janitor_interval_seconds: float = Field(
+        2.0, description="How often expired leases and queue deadlines are swept."
+    )
+    queue_wait_samples: int = Field(1000, description="Recent queue-wait samples kept for the percentiles.")
+
+    # --- Fleet and dispatch (ExecutionService) ---
+    executor_heartbeat_seconds: float = Field(
+        5.0, description="Heartbeat interval executors keep; one silent for 3 intervals is expired."
+    )
+    dispatcher_slots: int = Field(64, description="Executions one dispatcher replica drives at once.")
+    event_stream_max_len: int = Field(10_000, description="Events kept per execution stream (oldest trimmed).")
+    event_retention_seconds: int = Field(
+        7 * 24 * 3600, description="How long an execution's event stream is kept after it ends."
+    )
+    default_run_timeout_seconds: float = Field(
+        3600.0, description="Run deadline of an attempt when the submit request gives none."
+    )
+    watch_heartbeat_seconds: float = Field(
+        15.0, description="An idle WatchExecution stream gets a heartbeat event this often (keeps proxies open)."
+    )
+    cost_per_device_second_usd: str = Field(
+        "cpu=0,default=0.0005", description="Cost rates per device type, as 'type=usd_per_second' pairs "
+                                             "separated by ','; the type is matched as a substring of the device "
+                                             "name, 'default' applies otherwise."
+    )
+
     # --- Gateway ---
     gateway_port: int = Field(8080, description="Envoy listener (REST and gRPC).")
     gateway_admin_port: int = Field(9901, description="Envoy admin port (bound to 127.0.0.1 only).")

@@ -13,9 +13,9 @@ from comfymesh.workflow.v1 import workflow_service_pb2, workflow_service_pb2_grp
 from service_runtime.grpc import ServiceBinding, channel_to
 from service_runtime.grpc.contract import contract_only
 from services.context import AppContext
+from services.execution_store.repository import ExecutionRepository
 from services.workflow.catalog import ExecutorCatalog
 from services.workflow.queries import ExecutionQueries
-from services.workflow.repository import ExecutionRepository
 from services.workflow.transport import WorkflowServicer
 
 

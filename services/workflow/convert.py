@@ -11,7 +11,7 @@ from google.rpc import status_pb2
 from comfymesh.common.v1 import execution_event_pb2
 from comfymesh.workflow.v1 import execution_pb2
 from service_runtime.transport.graph_codec import graph_to_proto
-from services.workflow.domain import ExecutionRecord, ExecutionState
+from services.execution_store.domain import ExecutionRecord, ExecutionState
 
 
 def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:

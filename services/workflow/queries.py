@@ -5,8 +5,8 @@ from __future__ import annotations
 from service_runtime.errors import FieldViolation, Reason, invalid_argument, not_found
 from service_runtime.ids import is_valid_id
 from service_runtime.pagination import PageSize, PageTokenCodec
-from services.workflow.domain import ExecutionFilter, ExecutionRecord
-from services.workflow.repository import ExecutionRepository
+from services.execution_store.domain import ExecutionFilter, ExecutionRecord
+from services.execution_store.repository import ExecutionRepository
 
 LIST_PAGE_SIZE = PageSize(default=50, maximum=1000)
 

@@ -18,9 +18,9 @@ from service_runtime.errors import FieldViolation, invalid_argument
 from service_runtime.grpc.identity import caller_tenant
 from service_runtime.pagination import PageSize
 from service_runtime.transport.catalog_codec import object_info_from_definition
+from services.execution_store.domain import ExecutionFilter
 from services.workflow.catalog import ExecutorCatalog
 from services.workflow.convert import execution_to_proto, state_from_proto
-from services.workflow.domain import ExecutionFilter
 from services.workflow.queries import ExecutionQueries
 
 NODE_PAGE_SIZE = PageSize(default=100, maximum=1000)

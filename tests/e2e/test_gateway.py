@@ -19,9 +19,9 @@ from service_runtime.db import Database
 from service_runtime.ids import time_ordered_id
 from service_runtime.processes import grpcurl_binary
 from service_runtime.transport.graph_codec import graph_from_proto
+from services.execution_store.domain import ExecutionRecord, ExecutionState
+from services.execution_store.repository import ExecutionRepository
 from services.registry import PUBLIC_SERVICES
-from services.workflow.domain import ExecutionRecord, ExecutionState
-from services.workflow.repository import ExecutionRepository
 
 pytestmark = pytest.mark.e2e
 MAX_SEED = 2**64 - 1

@@ -10,9 +10,9 @@ from service_runtime.db import Database
 from service_runtime.errors import Reason, ServiceError
 from service_runtime.ids import time_ordered_id
 from service_runtime.pagination import PageTokenCodec
-from services.workflow.domain import ExecutionFilter, ExecutionRecord, ExecutionState
+from services.execution_store.domain import ExecutionFilter, ExecutionRecord, ExecutionState
+from services.execution_store.repository import ExecutionRepository
 from services.workflow.queries import ExecutionQueries
-from services.workflow.repository import ExecutionRepository
 
 pytestmark = pytest.mark.integration
 GRAPH = {"3": {"class_type": "KSampler", "inputs": {"seed": 2**64 - 1, "cfg": 7.5, "model": ["4", 0]}}}

@@ -104,6 +104,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """No registered executor can run this graph (missing node classes, not enough VRAM)."""
     OUT_OF_MEMORY: _ErrorReason.ValueType  # 73
     """The executor ran out of device or host memory."""
+    LEASE_LOST: _ErrorReason.ValueType  # 74
+    """A queue lease expired or was taken over (the janitor re-queued the job); the holder must stop."""
+    JOB_NOT_QUEUED: _ErrorReason.ValueType  # 75
+    """The job is not in a state that allows the operation (e.g. reprioritising a leased job)."""
     MODEL_FILE_INVALID: _ErrorReason.ValueType  # 80
     """--- Models ---
     The file is not a valid safetensors file (metadata: detail).
@@ -224,6 +228,10 @@ NO_CAPABLE_EXECUTOR: ErrorReason.ValueType  # 72
 """No registered executor can run this graph (missing node classes, not enough VRAM)."""
 OUT_OF_MEMORY: ErrorReason.ValueType  # 73
 """The executor ran out of device or host memory."""
+LEASE_LOST: ErrorReason.ValueType  # 74
+"""A queue lease expired or was taken over (the janitor re-queued the job); the holder must stop."""
+JOB_NOT_QUEUED: ErrorReason.ValueType  # 75
+"""The job is not in a state that allows the operation (e.g. reprioritising a leased job)."""
 MODEL_FILE_INVALID: ErrorReason.ValueType  # 80
 """--- Models ---
 The file is not a valid safetensors file (metadata: detail).

@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from comfymesh.common.v1 import catalog_pb2 as comfymesh_dot_common_dot_v1_dot_catalog__pb2
 from comfymesh.executor.v1 import executor_service_pb2 as comfymesh_dot_executor_dot_v1_dot_executor__service__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
@@ -31,7 +32,7 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.comfymesh/execution/v1/execution_service.proto\x12\x16\x63omfymesh.execution.v1\x1a,comfymesh/executor/v1/executor_service.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x03\n\x08\x45xecutor\x12\x19\n\x0b\x65xecutor_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12?\n\x0b\x64\x65scription\x18\x03 \x01(\x0b\x32*.comfymesh.executor.v1.ExecutorDescription\x12\x31\n\rregister_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13last_heartbeat_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05slots\x18\x06 \x01(\x05\x12\x14\n\x0cnode_classes\x18\x07 \x03(\t\x12<\n\x06labels\x18\x08 \x03(\x0b\x32,.comfymesh.execution.v1.Executor.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:F\xea\x41\x43\n\x16\x63omfymesh.dev/Executor\x12\x14\x65xecutors/{executor}*\texecutors2\x08\x65xecutor\"\x8e\x02\n\x17RegisterExecutorRequest\x12\x19\n\x0b\x65xecutor_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x61\x64\x64ress\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x45\n\x0b\x64\x65scription\x18\x03 \x01(\x0b\x32*.comfymesh.executor.v1.ExecutorDescriptionB\x04\xe2\x41\x01\x02\x12K\n\x06labels\x18\x04 \x03(\x0b\x32;.comfymesh.execution.v1.RegisterExecutorRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x85\x01\n\x18RegisterExecutorResponse\x12\x32\n\x08\x65xecutor\x18\x01 \x01(\x0b\x32 .comfymesh.execution.v1.Executor\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"n\n\x10HeartbeatRequest\x12\x19\n\x0b\x65xecutor_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12?\n\x0b\x64\x65scription\x18\x02 \x01(\x0b\x32*.comfymesh.executor.v1.ExecutorDescription\"1\n\x11HeartbeatResponse\x12\r\n\x05known\x18\x01 \x01(\x08\x12\r\n\x05\x64rain\x18\x02 \x01(\x08\"6\n\x19\x44\x65registerExecutorRequest\x12\x19\n\x0b\x65xecutor_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"/\n\x12GetExecutorRequest\x12\x19\n\x0b\x65xecutor_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"=\n\x14ListExecutorsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"e\n\x15ListExecutorsResponse\x12\x33\n\texecutors\x18\x01 \x03(\x0b\x32 .comfymesh.execution.v1.Executor\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"G\n\x19InterruptExecutionRequest\x12\x1a\n\x0c\x65xecution_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06reason\x18\x02 \x01(\t\"/\n\x1aInterruptExecutionResponse\x12\x11\n\tdelivered\x18\x01 \x01(\x08\"\x1b\n\x19GetScalingDecisionRequest\"\xeb\x01\n\x0fScalingDecision\x12\x19\n\x11\x63urrent_executors\x18\x01 \x01(\x05\x12\x19\n\x11\x64\x65sired_executors\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0bqueue_depth\x18\x04 \x01(\x03\x12+\n\x08wait_p90\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1f\n\x17gpu_utilization_percent\x18\x06 \x01(\x01\x12/\n\x0b\x64\x65\x63ide_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\x8c\x08\n\x10\x45xecutionService\x12\x8f\x01\n\x10RegisterExecutor\x12/.comfymesh.execution.v1.RegisterExecutorRequest\x1a\x30.comfymesh.execution.v1.RegisterExecutorResponse\"\x18\x82\xd3\xe4\x93\x02\x12\"\r/v1/executors:\x01*\x12\x92\x01\n\tHeartbeat\x12(.comfymesh.execution.v1.HeartbeatRequest\x1a).comfymesh.execution.v1.HeartbeatResponse\"0\x82\xd3\xe4\x93\x02*\"%/v1/executors/{executor_id}:heartbeat:\x01*\x12\x84\x01\n\x12\x44\x65registerExecutor\x12\x31.comfymesh.execution.v1.DeregisterExecutorRequest\x1a\x16.google.protobuf.Empty\"#\x82\xd3\xe4\x93\x02\x1d*\x1b/v1/executors/{executor_id}\x12\x80\x01\n\x0bGetExecutor\x12*.comfymesh.execution.v1.GetExecutorRequest\x1a .comfymesh.execution.v1.Executor\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/executors/{executor_id}\x12\x83\x01\n\rListExecutors\x12,.comfymesh.execution.v1.ListExecutorsRequest\x1a-.comfymesh.execution.v1.ListExecutorsResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/executors\x12\xb8\x01\n\x12InterruptExecution\x12\x31.comfymesh.execution.v1.InterruptExecutionRequest\x1a\x32.comfymesh.execution.v1.InterruptExecutionResponse\";\x82\xd3\xe4\x93\x02\x35\"0/v1/dispatch/executions/{execution_id}:interrupt:\x01*\x12\x85\x01\n\x12GetScalingDecision\x12\x31.comfymesh.execution.v1.GetScalingDecisionRequest\x1a\'.comfymesh.execution.v1.ScalingDecision\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/scalingb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.comfymesh/execution/v1/execution_service.proto\x12\x16\x63omfymesh.execution.v1\x1a!comfymesh/common/v1/catalog.proto\x1a,comfymesh/executor/v1/executor_service.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x03\n\x08\x45xecutor\x12\x19\n\x0b\x65xecutor_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12?\n\x0b\x64\x65scription\x18\x03 \x01(\x0b\x32*.comfymesh.executor.v1.ExecutorDescription\x12\x31\n\rregister_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13last_heartbeat_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05slots\x18\x06 \x01(\x05\x12\x14\n\x0cnode_classes\x18\x07 \x03(\t\x12<\n\x06labels\x18\x08 \x03(\x0b\x32,.comfymesh.execution.v1.Executor.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:F\xea\x41\x43\n\x16\x63omfymesh.dev/Executor\x12\x14\x65xecutors/{executor}*\texecutors2\x08\x65xecutor\"\x8e\x02\n\x17RegisterExecutorRequest\x12\x19\n\x0b\x65xecutor_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x61\x64\x64ress\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x45\n\x0b\x64\x65scription\x18\x03 \x01(\x0b\x32*.comfymesh.executor.v1.ExecutorDescriptionB\x04\xe2\x41\x01\x02\x12K\n\x06labels\x18\x04 \x03(\x0b\x32;.comfymesh.execution.v1.RegisterExecutorRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x85\x01\n\x18RegisterExecutorResponse\x12\x32\n\x08\x65xecutor\x18\x01 \x01(\x0b\x32 .comfymesh.execution.v1.Executor\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"n\n\x10HeartbeatRequest\x12\x19\n\x0b\x65xecutor_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12?\n\x0b\x64\x65scription\x18\x02 \x01(\x0b\x32*.comfymesh.executor.v1.ExecutorDescription\"1\n\x11HeartbeatResponse\x12\r\n\x05known\x18\x01 \x01(\x08\x12\r\n\x05\x64rain\x18\x02 \x01(\x08\"6\n\x19\x44\x65registerExecutorRequest\x12\x19\n\x0b\x65xecutor_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"/\n\x12GetExecutorRequest\x12\x19\n\x0b\x65xecutor_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"=\n\x14ListExecutorsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"e\n\x15ListExecutorsResponse\x12\x33\n\texecutors\x18\x01 \x03(\x0b\x32 .comfymesh.execution.v1.Executor\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"G\n\x19InterruptExecutionRequest\x12\x1a\n\x0c\x65xecution_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06reason\x18\x02 \x01(\t\"/\n\x1aInterruptExecutionResponse\x12\x11\n\tdelivered\x18\x01 \x01(\x08\"\x1b\n\x19GetScalingDecisionRequest\"\xeb\x01\n\x0fScalingDecision\x12\x19\n\x11\x63urrent_executors\x18\x01 \x01(\x05\x12\x19\n\x11\x64\x65sired_executors\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0bqueue_depth\x18\x04 \x01(\x03\x12+\n\x08wait_p90\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1f\n\x17gpu_utilization_percent\x18\x06 \x01(\x01\x12/\n\x0b\x64\x65\x63ide_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x18\n\x16GetFleetCatalogRequest\"p\n\x0c\x46leetCatalog\x12\x32\n\x05nodes\x18\x01 \x03(\x0b\x32#.comfymesh.common.v1.NodeDefinition\x12\x14\n\x0c\x63\x61talog_hash\x18\x02 \x01(\t\x12\x16\n\x0e\x65xecutor_count\x18\x03 \x01(\x05\x32\x91\t\n\x10\x45xecutionService\x12\x8f\x01\n\x10RegisterExecutor\x12/.comfymesh.execution.v1.RegisterExecutorRequest\x1a\x30.comfymesh.execution.v1.RegisterExecutorResponse\"\x18\x82\xd3\xe4\x93\x02\x12\"\r/v1/executors:\x01*\x12\x92\x01\n\tHeartbeat\x12(.comfymesh.execution.v1.HeartbeatRequest\x1a).comfymesh.execution.v1.HeartbeatResponse\"0\x82\xd3\xe4\x93\x02*\"%/v1/executors/{executor_id}:heartbeat:\x01*\x12\x84\x01\n\x12\x44\x65registerExecutor\x12\x31.comfymesh.execution.v1.DeregisterExecutorRequest\x1a\x16.google.protobuf.Empty\"#\x82\xd3\xe4\x93\x02\x1d*\x1b/v1/executors/{executor_id}\x12\x82\x01\n\x0fGetFleetCatalog\x12..comfymesh.execution.v1.GetFleetCatalogRequest\x1a$.comfymesh.execution.v1.FleetCatalog\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/fleet/catalog\x12\x80\x01\n\x0bGetExecutor\x12*.comfymesh.execution.v1.GetExecutorRequest\x1a .comfymesh.execution.v1.Executor\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/executors/{executor_id}\x12\x83\x01\n\rListExecutors\x12,.comfymesh.execution.v1.ListExecutorsRequest\x1a-.comfymesh.execution.v1.ListExecutorsResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/executors\x12\xb8\x01\n\x12InterruptExecution\x12\x31.comfymesh.execution.v1.InterruptExecutionRequest\x1a\x32.comfymesh.execution.v1.InterruptExecutionResponse\";\x82\xd3\xe4\x93\x02\x35\"0/v1/dispatch/executions/{execution_id}:interrupt:\x01*\x12\x85\x01\n\x12GetScalingDecision\x12\x31.comfymesh.execution.v1.GetScalingDecisionRequest\x1a\'.comfymesh.execution.v1.ScalingDecision\"\x13\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/scalingb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -66,6 +67,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXECUTIONSERVICE'].methods_by_name['Heartbeat']._serialized_options = b'\202\323\344\223\002*\"%/v1/executors/{executor_id}:heartbeat:\001*'
   _globals['_EXECUTIONSERVICE'].methods_by_name['DeregisterExecutor']._loaded_options = None
   _globals['_EXECUTIONSERVICE'].methods_by_name['DeregisterExecutor']._serialized_options = b'\202\323\344\223\002\035*\033/v1/executors/{executor_id}'
+  _globals['_EXECUTIONSERVICE'].methods_by_name['GetFleetCatalog']._loaded_options = None
+  _globals['_EXECUTIONSERVICE'].methods_by_name['GetFleetCatalog']._serialized_options = b'\202\323\344\223\002\023\022\021/v1/fleet/catalog'
   _globals['_EXECUTIONSERVICE'].methods_by_name['GetExecutor']._loaded_options = None
   _globals['_EXECUTIONSERVICE'].methods_by_name['GetExecutor']._serialized_options = b'\202\323\344\223\002\035\022\033/v1/executors/{executor_id}'
   _globals['_EXECUTIONSERVICE'].methods_by_name['ListExecutors']._loaded_options = None
@@ -74,36 +77,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXECUTIONSERVICE'].methods_by_name['InterruptExecution']._serialized_options = b'\202\323\344\223\0025\"0/v1/dispatch/executions/{execution_id}:interrupt:\001*'
   _globals['_EXECUTIONSERVICE'].methods_by_name['GetScalingDecision']._loaded_options = None
   _globals['_EXECUTIONSERVICE'].methods_by_name['GetScalingDecision']._serialized_options = b'\202\323\344\223\002\r\022\013/v1/scaling'
-  _globals['_EXECUTOR']._serialized_start=305
-  _globals['_EXECUTOR']._serialized_end=750
-  _globals['_EXECUTOR_LABELSENTRY']._serialized_start=633
-  _globals['_EXECUTOR_LABELSENTRY']._serialized_end=678
-  _globals['_REGISTEREXECUTORREQUEST']._serialized_start=753
-  _globals['_REGISTEREXECUTORREQUEST']._serialized_end=1023
-  _globals['_REGISTEREXECUTORREQUEST_LABELSENTRY']._serialized_start=633
-  _globals['_REGISTEREXECUTORREQUEST_LABELSENTRY']._serialized_end=678
-  _globals['_REGISTEREXECUTORRESPONSE']._serialized_start=1026
-  _globals['_REGISTEREXECUTORRESPONSE']._serialized_end=1159
-  _globals['_HEARTBEATREQUEST']._serialized_start=1161
-  _globals['_HEARTBEATREQUEST']._serialized_end=1271
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1273
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1322
-  _globals['_DEREGISTEREXECUTORREQUEST']._serialized_start=1324
-  _globals['_DEREGISTEREXECUTORREQUEST']._serialized_end=1378
-  _globals['_GETEXECUTORREQUEST']._serialized_start=1380
-  _globals['_GETEXECUTORREQUEST']._serialized_end=1427
-  _globals['_LISTEXECUTORSREQUEST']._serialized_start=1429
-  _globals['_LISTEXECUTORSREQUEST']._serialized_end=1490
-  _globals['_LISTEXECUTORSRESPONSE']._serialized_start=1492
-  _globals['_LISTEXECUTORSRESPONSE']._serialized_end=1593
-  _globals['_INTERRUPTEXECUTIONREQUEST']._serialized_start=1595
-  _globals['_INTERRUPTEXECUTIONREQUEST']._serialized_end=1666
-  _globals['_INTERRUPTEXECUTIONRESPONSE']._serialized_start=1668
-  _globals['_INTERRUPTEXECUTIONRESPONSE']._serialized_end=1715
-  _globals['_GETSCALINGDECISIONREQUEST']._serialized_start=1717
-  _globals['_GETSCALINGDECISIONREQUEST']._serialized_end=1744
-  _globals['_SCALINGDECISION']._serialized_start=1747
-  _globals['_SCALINGDECISION']._serialized_end=1982
-  _globals['_EXECUTIONSERVICE']._serialized_start=1985
-  _globals['_EXECUTIONSERVICE']._serialized_end=3021
+  _globals['_EXECUTOR']._serialized_start=340
+  _globals['_EXECUTOR']._serialized_end=785
+  _globals['_EXECUTOR_LABELSENTRY']._serialized_start=668
+  _globals['_EXECUTOR_LABELSENTRY']._serialized_end=713
+  _globals['_REGISTEREXECUTORREQUEST']._serialized_start=788
+  _globals['_REGISTEREXECUTORREQUEST']._serialized_end=1058
+  _globals['_REGISTEREXECUTORREQUEST_LABELSENTRY']._serialized_start=668
+  _globals['_REGISTEREXECUTORREQUEST_LABELSENTRY']._serialized_end=713
+  _globals['_REGISTEREXECUTORRESPONSE']._serialized_start=1061
+  _globals['_REGISTEREXECUTORRESPONSE']._serialized_end=1194
+  _globals['_HEARTBEATREQUEST']._serialized_start=1196
+  _globals['_HEARTBEATREQUEST']._serialized_end=1306
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1308
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1357
+  _globals['_DEREGISTEREXECUTORREQUEST']._serialized_start=1359
+  _globals['_DEREGISTEREXECUTORREQUEST']._serialized_end=1413
+  _globals['_GETEXECUTORREQUEST']._serialized_start=1415
+  _globals['_GETEXECUTORREQUEST']._serialized_end=1462
+  _globals['_LISTEXECUTORSREQUEST']._serialized_start=1464
+  _globals['_LISTEXECUTORSREQUEST']._serialized_end=1525
+  _globals['_LISTEXECUTORSRESPONSE']._serialized_start=1527
+  _globals['_LISTEXECUTORSRESPONSE']._serialized_end=1628
+  _globals['_INTERRUPTEXECUTIONREQUEST']._serialized_start=1630
+  _globals['_INTERRUPTEXECUTIONREQUEST']._serialized_end=1701
+  _globals['_INTERRUPTEXECUTIONRESPONSE']._serialized_start=1703
+  _globals['_INTERRUPTEXECUTIONRESPONSE']._serialized_end=1750
+  _globals['_GETSCALINGDECISIONREQUEST']._serialized_start=1752
+  _globals['_GETSCALINGDECISIONREQUEST']._serialized_end=1779
+  _globals['_SCALINGDECISION']._serialized_start=1782
+  _globals['_SCALINGDECISION']._serialized_end=2017
+  _globals['_GETFLEETCATALOGREQUEST']._serialized_start=2019
+  _globals['_GETFLEETCATALOGREQUEST']._serialized_end=2043
+  _globals['_FLEETCATALOG']._serialized_start=2045
+  _globals['_FLEETCATALOG']._serialized_end=2157
+  _globals['_EXECUTIONSERVICE']._serialized_start=2160
+  _globals['_EXECUTIONSERVICE']._serialized_end=3329
 # @@protoc_insertion_point(module_scope)

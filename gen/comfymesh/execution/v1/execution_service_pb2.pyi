@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from comfymesh.common.v1 import catalog_pb2 as _catalog_pb2
 from comfymesh.executor.v1 import executor_service_pb2 as _executor_service_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
@@ -455,3 +456,55 @@ class ScalingDecision(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ScalingDecision: _TypeAlias = ScalingDecision  # noqa: Y015
+
+@_typing.final
+class GetFleetCatalogRequest(_message.Message):
+    """Request of GetFleetCatalog."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetFleetCatalogRequest: _TypeAlias = GetFleetCatalogRequest  # noqa: Y015
+
+@_typing.final
+class FleetCatalog(_message.Message):
+    """The node catalog of the live fleet."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODES_FIELD_NUMBER: _builtins.int
+    CATALOG_HASH_FIELD_NUMBER: _builtins.int
+    EXECUTOR_COUNT_FIELD_NUMBER: _builtins.int
+    catalog_hash: _builtins.str
+    """Identifies this catalog: it changes when any live executor's catalog changes or the fleet changes."""
+    executor_count: _builtins.int
+    """Live executors that contributed."""
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[_catalog_pb2.NodeDefinition]:
+        """Every node class some live executor offers, sorted by name. Where executors disagree on a class (different
+        node pack versions, different model lists), the definition of the most recently registered one wins, except
+        that model-list options (combo inputs) are the union across executors.
+        """
+
+    def __init__(
+        self,
+        *,
+        nodes: _abc.Iterable[_catalog_pb2.NodeDefinition] | None = ...,
+        catalog_hash: _builtins.str = ...,
+        executor_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_hash", b"catalog_hash", "executor_count", b"executor_count", "nodes", b"nodes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FleetCatalog: _TypeAlias = FleetCatalog  # noqa: Y015

@@ -52,6 +52,11 @@ class ExecutionServiceStub:
                 request_serializer=comfymesh_dot_execution_dot_v1_dot_execution__service__pb2.DeregisterExecutorRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.GetFleetCatalog = channel.unary_unary(
+                '/comfymesh.execution.v1.ExecutionService/GetFleetCatalog',
+                request_serializer=comfymesh_dot_execution_dot_v1_dot_execution__service__pb2.GetFleetCatalogRequest.SerializeToString,
+                response_deserializer=comfymesh_dot_execution_dot_v1_dot_execution__service__pb2.FleetCatalog.FromString,
+                _registered_method=True)
         self.GetExecutor = channel.unary_unary(
                 '/comfymesh.execution.v1.ExecutionService/GetExecutor',
                 request_serializer=comfymesh_dot_execution_dot_v1_dot_execution__service__pb2.GetExecutorRequest.SerializeToString,
@@ -95,6 +100,14 @@ class ExecutionServiceServicer:
 
     def DeregisterExecutor(self, request, context):
         """Removes an executor (on SIGTERM, after draining).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFleetCatalog(self, request, context):
+        """The node catalog of the live fleet: every node class some executor offers (the union), with the executors'
+        catalog hashes so callers can cache it until the fleet changes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -145,6 +158,11 @@ def add_ExecutionServiceServicer_to_server(servicer, server):
                     servicer.DeregisterExecutor,
                     request_deserializer=comfymesh_dot_execution_dot_v1_dot_execution__service__pb2.DeregisterExecutorRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'GetFleetCatalog': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFleetCatalog,
+                    request_deserializer=comfymesh_dot_execution_dot_v1_dot_execution__service__pb2.GetFleetCatalogRequest.FromString,
+                    response_serializer=comfymesh_dot_execution_dot_v1_dot_execution__service__pb2.FleetCatalog.SerializeToString,
             ),
             'GetExecutor': grpc.unary_unary_rpc_method_handler(
                     servicer.GetExecutor,
@@ -250,6 +268,33 @@ class ExecutionService:
             '/comfymesh.execution.v1.ExecutionService/DeregisterExecutor',
             comfymesh_dot_execution_dot_v1_dot_execution__service__pb2.DeregisterExecutorRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFleetCatalog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/comfymesh.execution.v1.ExecutionService/GetFleetCatalog',
+            comfymesh_dot_execution_dot_v1_dot_execution__service__pb2.GetFleetCatalogRequest.SerializeToString,
+            comfymesh_dot_execution_dot_v1_dot_execution__service__pb2.FleetCatalog.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,10 @@ class ExecutionServiceStub:
     """Reports an executor's load, memory and cache state; an executor silent for 3 intervals is expired."""
     DeregisterExecutor: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.DeregisterExecutorRequest, _empty_pb2.Empty]
     """Removes an executor (on SIGTERM, after draining)."""
+    GetFleetCatalog: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.GetFleetCatalogRequest, _execution_service_pb2.FleetCatalog]
+    """The node catalog of the live fleet: every node class some executor offers (the union), with the executors'
+    catalog hashes so callers can cache it until the fleet changes.
+    """
     GetExecutor: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.GetExecutorRequest, _execution_service_pb2.Executor]
     """Returns one executor."""
     ListExecutors: _grpc.UnaryUnaryMultiCallable[_execution_service_pb2.ListExecutorsRequest, _execution_service_pb2.ListExecutorsResponse]
@@ -64,6 +68,10 @@ class ExecutionServiceAsyncStub(ExecutionServiceStub):
     """Reports an executor's load, memory and cache state; an executor silent for 3 intervals is expired."""
     DeregisterExecutor: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.DeregisterExecutorRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Removes an executor (on SIGTERM, after draining)."""
+    GetFleetCatalog: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.GetFleetCatalogRequest, _execution_service_pb2.FleetCatalog]  # type: ignore[assignment]
+    """The node catalog of the live fleet: every node class some executor offers (the union), with the executors'
+    catalog hashes so callers can cache it until the fleet changes.
+    """
     GetExecutor: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.GetExecutorRequest, _execution_service_pb2.Executor]  # type: ignore[assignment]
     """Returns one executor."""
     ListExecutors: _aio.UnaryUnaryMultiCallable[_execution_service_pb2.ListExecutorsRequest, _execution_service_pb2.ListExecutorsResponse]  # type: ignore[assignment]
@@ -101,6 +109,16 @@ class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
         """Removes an executor (on SIGTERM, after draining)."""
+
+    @_abc_1.abstractmethod
+    def GetFleetCatalog(
+        self,
+        request: _execution_service_pb2.GetFleetCatalogRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_execution_service_pb2.FleetCatalog, _abc.Awaitable[_execution_service_pb2.FleetCatalog]]:
+        """The node catalog of the live fleet: every node class some executor offers (the union), with the executors'
+        catalog hashes so callers can cache it until the fleet changes.
+        """
 
     @_abc_1.abstractmethod
     def GetExecutor(

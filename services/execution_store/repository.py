@@ -11,7 +11,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from service_runtime.db import Base, Database, UtcDateTime
 from service_runtime.errors import Reason, already_exists
-from services.workflow.domain import ExecutionFilter, ExecutionRecord, ExecutionState
+from services.execution_store.domain import ExecutionFilter, ExecutionRecord, ExecutionState
 
 
 class ExecutionRow(Base):
