@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -14,6 +16,25 @@ from service_runtime.redis_client import create_redis
 from service_runtime.secrets import deployment_secret
 from service_runtime.settings import Settings
 
+log = logging.getLogger(__name__)
+RESTART_BACKOFF_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
+
+
+async def _supervise(name: str, loop_factory: Callable[[], Awaitable[None]]) -> None:
+    """Runs a background loop forever: one that raises is logged and restarted with backoff, never lost."""
+    failures = 0
+    while True:
+        try:
+            await loop_factory()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            delay = RESTART_BACKOFF_SECONDS[min(failures, len(RESTART_BACKOFF_SECONDS) - 1)]
+            failures += 1
+            log.exception("background loop %s failed; restarting in %.1fs", name, delay)
+            await asyncio.sleep(delay)
+
 
 @dataclass
 class AppContext:
@@ -25,6 +46,8 @@ class AppContext:
     _store: ObjectStore | None = None
     _tokens: PageTokenCodec | None = None
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    _loops: list[tuple[str, Callable[[], Awaitable[None]]]] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
     def db(self) -> Database:
@@ -54,7 +77,20 @@ class AppContext:
         """Registers a cleanup (a client channel, say) to run when the process stops."""
         self._closers.append(closer)
 
+    def background(self, name: str, loop_factory: Callable[[], Awaitable[None]]) -> None:
+        """Registers a loop (dispatcher, janitor, relay) that runs while the server serves, restarted if it fails."""
+        self._loops.append((name, loop_factory))
+
+    async def start_background(self) -> None:
+        for name, factory in self._loops:
+            self._tasks.append(asyncio.create_task(_supervise(name, factory), name=name))
+
     async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
         for closer in reversed(self._closers):
             await closer()
         if self._db is not None:

@@ -22,6 +22,7 @@ def build_server(settings: Settings, components: Sequence[str], port: int, name:
     ctx = AppContext(settings)
     server = GrpcServer(settings, name, [COMPONENTS[c](ctx) for c in components], port,
                         reflection_extra=PUBLIC_SERVICES if settings.reflect_all_public_services else ())
+    server.on_start.append(ctx.start_background)
     server.on_stop.append(ctx.close)
     return server, ctx
 

@@ -64,6 +64,7 @@ class GrpcServer:
     host: str = ""
     reflection_extra: Sequence[str] = ()
     metrics_port: int | None = None
+    on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _server: grpc.aio.Server | None = None
     _health: health.aio.HealthServicer | None = None
@@ -101,6 +102,8 @@ class GrpcServer:
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         for binding in self.bindings:
             await self._health.set(binding.name, health_pb2.HealthCheckResponse.SERVING)
+        for hook in self.on_start:  # background loops (dispatchers, janitors) start once the port answers
+            await hook()
         log.info("serving %s", ", ".join(b.name for b in self.bindings) or "(health only)",
                  extra={"port": self.port, "metrics_port": self._metrics.port})
 
