@@ -26,3 +26,12 @@ def create_redis(url: str, *, max_connections: int = 64) -> redis.Redis:
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         decode_responses=False,
     )
+
+
+def as_text(value: bytes | str) -> str:
+    """A reply value as text (the client returns bytes; redis-py's types also allow str)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def as_bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import builtins
 import json
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Float, Integer, String, Text, and_, select
+from sqlalchemy import Float, Integer, String, Text, and_, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service_runtime.db import Base, Database, UtcDateTime
 from service_runtime.errors import Reason, already_exists
-from services.execution_store.domain import ExecutionFilter, ExecutionRecord, ExecutionState
+from services.execution_store.domain import TERMINAL_STATES, ExecutionFilter, ExecutionRecord, ExecutionState
+
+ACTIVE_STATES = tuple(str(s) for s in ExecutionState if s not in TERMINAL_STATES)
 
 
 class ExecutionRow(Base):
@@ -138,3 +142,48 @@ class ExecutionRepository:
                 if len(batch) <= limit:
                     return page, None
         return page, cursor
+
+    # --- Internal (control-plane) access: not tenant-scoped; never reachable from a caller's request as is. ---
+
+    async def get_internal(self, execution_id: str) -> ExecutionRecord | None:
+        async with self._db.session() as session:
+            row = await session.get(ExecutionRow, execution_id)
+            return _to_record(row) if row is not None else None
+
+    async def delete_unstarted(self, execution_id: str) -> None:
+        """Removes a row whose submission was refused after it was written (e.g. the queue was full)."""
+        async with self._db.session() as session:
+            await session.execute(delete(ExecutionRow).where(
+                ExecutionRow.id == execution_id, ExecutionRow.state == str(ExecutionState.QUEUED),
+                ExecutionRow.attempt_count == 0))
+
+    async def update_active(self, execution_id: str, **values: Any) -> bool:
+        """Updates a row that has not reached a terminal state; False when it has (or does not exist).
+
+        This conditional update is the single arbiter of an execution's end: of two attempts that both finish,
+        only the first moves the row to a terminal state, so an execution is never reported finished twice.
+        """
+        columns: dict[str, Any] = {}
+        for name, value in values.items():
+            if name in _JSON_FIELDS:
+                columns[_JSON_FIELDS[name]] = json.dumps(value, separators=(",", ":"))
+            elif name == "error":
+                columns["error_json"] = json.dumps(value) if value is not None else None
+            else:
+                columns[name] = str(value) if name == "state" else value
+        columns["update_time"] = datetime.now(UTC)
+        columns["version"] = ExecutionRow.version + 1
+        async with self._db.session() as session:
+            result = await session.execute(
+                update(ExecutionRow).where(ExecutionRow.id == execution_id, ExecutionRow.state.in_(ACTIVE_STATES))
+                .values(**columns))
+            return bool(getattr(result, "rowcount", 0) == 1)
+
+    async def list_active(self, *, updated_before: datetime, limit: int = 500) -> builtins.list[ExecutionRecord]:
+        """Unfinished executions not touched since `updated_before` (for the reconciler), oldest first."""
+        async with self._db.session() as session:
+            rows = (await session.execute(
+                select(ExecutionRow).where(ExecutionRow.state.in_(ACTIVE_STATES),
+                                           ExecutionRow.update_time < updated_before)
+                .order_by(ExecutionRow.id).limit(limit))).scalars().all()
+            return [_to_record(row) for row in rows]

@@ -490,8 +490,7 @@ class FleetCatalog(_message.Message):
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[_catalog_pb2.NodeDefinition]:
         """Every node class some live executor offers, sorted by name. Where executors disagree on a class (different
-        node pack versions, different model lists), the definition of the most recently registered one wins, except
-        that model-list options (combo inputs) are the union across executors.
+        node pack versions, different model lists), the definition of the most recently registered one wins.
         """
 
     def __init__(
