@@ -8,14 +8,17 @@ and Envoy. Every process is stopped in reverse order on `stop()`, leaving nothin
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import httpx
 
+from comfymesh.execution.v1 import execution_service_pb2, execution_service_pb2_grpc
 from gateway.config import GatewayConfig
 from gateway.render import render_envoy_config
 from service_runtime.db import migrate
@@ -26,6 +29,17 @@ from service_runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 STARTUP_TIMEOUT = 60.0
+
+
+def fleet_size(address: str) -> int:
+    """How many executors the control plane at `address` has registered (0 when it does not answer)."""
+    try:
+        with grpc.insecure_channel(address) as channel:
+            stub = execution_service_pb2_grpc.ExecutionServiceStub(channel)
+            reply = stub.GetFleetCatalog(execution_service_pb2.GetFleetCatalogRequest(), timeout=2)
+    except grpc.RpcError:
+        return 0
+    return int(reply.executor_count)
 
 
 @dataclass
@@ -39,6 +53,8 @@ class Endpoints:
     database_url: str = ""
     control_plane_metrics: str = ""
     executor_metrics: str = ""
+    # Every executor's gRPC address (the first is `executor`).
+    executors: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -48,8 +64,15 @@ class LocalPlatform:
     settings: Settings
     # 0 = pick a free port (tests); otherwise from settings.
     free_ports: bool = False
+    # CPU executors to start (each registers with the fleet under its own id and port).
+    executors: int = 1
+    # Extra COMFYMESH_* values for every child process (tests: short leases, timeouts), without the prefix.
+    extra_env: dict[str, str] = field(default_factory=dict)
     endpoints: Endpoints = field(default_factory=Endpoints)
+    # The service processes by name ("control_plane", "executor-1", ...), for tests that kill or restart them.
+    processes: dict[str, ManagedProcess] = field(default_factory=dict)
     _started: list[object] = field(default_factory=list)
+    _env: dict[str, str] = field(default_factory=dict)
 
     @property
     def home(self) -> Path:
@@ -76,6 +99,7 @@ class LocalPlatform:
         for component in ("workflow", "queue", "execution", "model", "auth", "webhook"):
             values[f"{component.upper()}_ADDR"] = f"127.0.0.1:{settings.control_plane_port}"
         values["EXECUTOR_ADDR"] = f"127.0.0.1:{settings.executor_port}"
+        values.update(self.extra_env)
         env.update({f"COMFYMESH_{k}": v for k, v in values.items()})
         return env
 
@@ -122,25 +146,29 @@ class LocalPlatform:
         migrate.upgrade(settings.resolved_database_url)
 
         env = self._child_env(settings)
+        self._env = env
         # Each process gets its own metrics port: free ones (tests), none when disabled (COMFYMESH_METRICS_PORT=0),
         # else the default gRPC port + 1000.
         if self.free_ports:
-            cp_metrics, ex_metrics = free_port(), free_port()
+            cp_metrics = free_port()
         elif settings.metrics_port == 0:
-            cp_metrics = ex_metrics = 0
+            cp_metrics = 0
         else:
             cp_metrics = settings.metrics_port_for(settings.control_plane_port)
-            ex_metrics = settings.metrics_port_for(settings.executor_port)
-        control_plane = self._python_process(
-            ["-m", "services.control_plane"], logs / "control_plane.log", "control_plane",
-            {**env, "COMFYMESH_REFLECT_ALL_PUBLIC_SERVICES": "true", "COMFYMESH_METRICS_PORT": str(cp_metrics)})
-        executor = self._python_process(
-            ["-m", "gpu_executor", "serve"], logs / "executor.log", "executor",
-            {**env, "COMFYMESH_METRICS_PORT": str(ex_metrics)})
         cp_address = f"127.0.0.1:{settings.control_plane_port}"
-        ex_address = f"127.0.0.1:{settings.executor_port}"
+        control_plane = self._control_plane_process(cp_metrics)
+        executors: list[tuple[ManagedProcess, str, int]] = []
+        for index in range(1, self.executors + 1):
+            port = settings.executor_port if index == 1 else free_port()
+            metrics = free_port() if self.free_ports else (
+                0 if settings.metrics_port == 0 else settings.metrics_port_for(port))
+            executors.append((self.start_executor(index, port, metrics), f"127.0.0.1:{port}", metrics))
         control_plane.wait_ready(lambda: grpc_health_check(cp_address, timeout=1.0), STARTUP_TIMEOUT)
-        executor.wait_ready(lambda: grpc_health_check(ex_address, timeout=1.0), STARTUP_TIMEOUT)
+        for process, address, _ in executors:
+            process.wait_ready(functools.partial(grpc_health_check, address, timeout=1.0), STARTUP_TIMEOUT)
+        # Ready means every executor registered with the fleet, so the first submission finds them.
+        control_plane.wait_ready(lambda: fleet_size(cp_address) >= self.executors, STARTUP_TIMEOUT)
+        ex_address, ex_metrics = executors[0][1], executors[0][2]
 
         gateway_config = GatewayConfig.from_settings(settings, upstream_override=cp_address)
         config_path = self.home / "envoy.yaml"
@@ -160,12 +188,36 @@ class LocalPlatform:
             database_url=settings.resolved_database_url,
             control_plane_metrics=f"127.0.0.1:{cp_metrics}" if cp_metrics else "(disabled)",
             executor_metrics=f"127.0.0.1:{ex_metrics}" if ex_metrics else "(disabled)",
+            executors=[address for _, address, _ in executors],
         )
+
+    def _control_plane_process(self, metrics_port: int) -> ManagedProcess:
+        return self._python_process(
+            ["-m", "services.control_plane"], self.home / "logs" / "control_plane.log", "control_plane",
+            {**self._env, "COMFYMESH_REFLECT_ALL_PUBLIC_SERVICES": "true", "COMFYMESH_METRICS_PORT": str(metrics_port)})
+
+    def start_executor(self, index: int, port: int, metrics_port: int) -> ManagedProcess:
+        """Starts executor `index` on `port` (it registers itself as "executor-<index>")."""
+        return self._python_process(
+            ["-m", "gpu_executor", "serve"], self.home / "logs" / f"executor-{index}.log", f"executor-{index}",
+            {**self._env, "COMFYMESH_METRICS_PORT": str(metrics_port), "COMFYMESH_EXECUTOR_PORT": str(port),
+             "COMFYMESH_EXECUTOR_ID": f"executor-{index}", "COMFYMESH_EXECUTOR_ADVERTISE_ADDR": f"127.0.0.1:{port}"})
+
+    def restart_control_plane(self) -> None:
+        """Starts the control plane again (after a test killed it), on the same port, and waits until it serves."""
+        old = self.processes.get("control_plane")
+        if old is not None and old in self._started:
+            self._started.remove(old)
+        address = self.endpoints.control_plane
+        metrics = free_port() if self.free_ports else 0
+        process = self._control_plane_process(metrics)
+        process.wait_ready(lambda: grpc_health_check(address, timeout=1.0), STARTUP_TIMEOUT)
 
     def _python_process(self, args: list[str], log_path: Path, name: str, env: dict[str, str]) -> ManagedProcess:
         process = ManagedProcess([sys.executable, *args], log_path=log_path, name=name, env=env,
                                  cwd=Path(__file__).resolve().parent.parent)
         self._started.append(process)
+        self.processes[name] = process
         process.start()
         return process
 

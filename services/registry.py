@@ -13,10 +13,19 @@ from comfymesh.workflow.v1 import workflow_service_pb2, workflow_service_pb2_grp
 from service_runtime.grpc import ServiceBinding, channel_to
 from service_runtime.grpc.contract import contract_only
 from services.context import AppContext
+from services.execution.component import build_execution_binding
+from services.execution_store.cancellation import CancelFlags
+from services.execution_store.events import EventFollower
 from services.execution_store.repository import ExecutionRepository
+from services.execution_store.wiring import event_log, lifecycle
+from services.queue.component import build_queue_binding
+from services.workflow.cancellation import ExecutionCanceller
 from services.workflow.catalog import ExecutorCatalog
+from services.workflow.files import WorkflowFiles
 from services.workflow.queries import ExecutionQueries
-from services.workflow.transport import WorkflowServicer
+from services.workflow.submission import ExecutionSubmitter
+from services.workflow.transport import ExecutionOperations, WorkflowServicer
+from services.workflow.watch import ExecutionWatcher
 
 
 def _name(module: object, service: str) -> str:
@@ -34,26 +43,35 @@ PUBLIC_SERVICES = (WORKFLOW, QUEUE, EXECUTION, MODEL, AUTH, WEBHOOK)
 
 
 def _workflow(ctx: AppContext) -> ServiceBinding:
-    queries = ExecutionQueries(ExecutionRepository(ctx.db), ctx.page_tokens)
-    catalog = ExecutorCatalog(lambda: channel_to("executor", ctx.settings))
+    settings = ctx.settings
+    repository = ExecutionRepository(ctx.db)
+    queries = ExecutionQueries(repository, ctx.page_tokens)
+    catalog = ExecutorCatalog(lambda: channel_to("execution", settings))
     ctx.on_close(catalog.close)
-    # WorkflowServicer implements Get/List executions and the node catalog so far; its other RPCs answer UNIMPLEMENTED.
-    return ServiceBinding(WORKFLOW, WorkflowServicer(queries, catalog),  # type: ignore[abstract]
-                          workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server)
+    queue_channel = channel_to("queue", settings)
+    execution_channel = channel_to("execution", settings)
+    ctx.on_close(queue_channel.close)
+    ctx.on_close(execution_channel.close)
+    # Without COMFYMESH_S3_ENDPOINT there is no object store: file RPCs answer UNAVAILABLE, outputs carry no URLs.
+    store = ctx.object_store if settings.s3_endpoint else None
+    files = WorkflowFiles(store, settings)
+    events = event_log(ctx)
+    states = lifecycle(ctx)
+    follower = EventFollower(ctx.redis, events.notify_channel)
+    ctx.on_close(follower.close)
+    queue = queue_service_pb2_grpc.QueueServiceStub(queue_channel)
+    operations = ExecutionOperations(
+        submitter=ExecutionSubmitter(repository, states, queue, catalog, files),
+        watcher=ExecutionWatcher(queries, repository, events, follower, settings.watch_heartbeat_seconds),
+        canceller=ExecutionCanceller(queries, repository, states, CancelFlags(ctx.redis), queue,
+                                     execution_service_pb2_grpc.ExecutionServiceStub(execution_channel), follower),
+        events=events)
+    servicer = WorkflowServicer(queries, catalog, store=store, settings=settings, operations=operations)
+    return ServiceBinding(WORKFLOW, servicer, workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server)
 
 
 # The services below serve the contract with every RPC answering UNIMPLEMENTED (reason NOT_IMPLEMENTED) until their
 # issues implement them; they already take part in health, reflection, routing and metrics.
-def _queue(ctx: AppContext) -> ServiceBinding:
-    return ServiceBinding(QUEUE, contract_only(queue_service_pb2_grpc.QueueServiceServicer),
-                          queue_service_pb2_grpc.add_QueueServiceServicer_to_server)
-
-
-def _execution(ctx: AppContext) -> ServiceBinding:
-    return ServiceBinding(EXECUTION, contract_only(execution_service_pb2_grpc.ExecutionServiceServicer),
-                          execution_service_pb2_grpc.add_ExecutionServiceServicer_to_server)
-
-
 def _model(ctx: AppContext) -> ServiceBinding:
     return ServiceBinding(MODEL, contract_only(model_service_pb2_grpc.ModelServiceServicer),
                           model_service_pb2_grpc.add_ModelServiceServicer_to_server)
@@ -71,8 +89,8 @@ def _webhook(ctx: AppContext) -> ServiceBinding:
 
 COMPONENTS: dict[str, Callable[[AppContext], ServiceBinding]] = {
     "workflow": _workflow,
-    "queue": _queue,
-    "execution": _execution,
+    "queue": build_queue_binding,
+    "execution": build_execution_binding,
     "model": _model,
     "auth": _auth,
     "webhook": _webhook,

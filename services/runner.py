@@ -32,5 +32,11 @@ def run(components: Sequence[str], port: int | None = None, name: str | None = N
     settings = get_settings()
     name = name or (components[0] if len(components) == 1 else "control_plane")
     configure_logging(name, settings.log_level, settings.log_format, settings.service_instance)
-    server, _ = build_server(settings, components, settings.port_of(name) if port is None else port, name)
-    asyncio.run(serve_until_signalled(server))
+    port = settings.port_of(name) if port is None else port
+
+    async def serve() -> None:
+        # Built inside the running loop: aio channels and clients bind to the loop they are created in.
+        server, _ = build_server(settings, components, port, name)
+        await serve_until_signalled(server)
+
+    asyncio.run(serve())

@@ -68,6 +68,10 @@ class NodeSpec:
     experimental: bool
     has_is_changed: bool
     has_validate_inputs: bool
+    # Inputs whose literal values only the node itself can judge, so their built-in checks (combo choices,
+    # min/max) are skipped, as for inputs VALIDATE_INPUTS takes over. Set for specs read from a catalog
+    # (catalog_registry): an upload widget's choices are the files of one execution, known on the executor only.
+    deferred_inputs: frozenset[str] = frozenset()
 
     def input_defs(self) -> dict[str, InputDef]:
         """Inputs in declaration order. INPUT_TYPES is called each time: like ComfyUI, a node may list

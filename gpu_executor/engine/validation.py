@@ -155,7 +155,8 @@ class _Validator:
                 ok = False
                 continue
             converted, problem = _convert(definition, value, node.node_id)
-            if problem is None and name not in custom_params:  # VALIDATE_INPUTS takes over the built-in checks
+            # VALIDATE_INPUTS takes over the built-in checks (and a catalog spec defers what only the node judges)
+            if problem is None and name not in custom_params and name not in spec.deferred_inputs:
                 problem = _check_combo(definition, converted, node.node_id) if definition.is_combo \
                     else _check_range(definition, converted, node.node_id)
             if problem is not None:

@@ -18,23 +18,12 @@ from services.execution.reconciler import Reconciler
 from services.execution.registry import ExecutorRegistry
 from services.execution.transport import ExecutionServicer
 from services.execution_store.cancellation import CancelFlags
-from services.execution_store.events import EventLog
-from services.execution_store.lifecycle import CostRates, ExecutionLifecycle
 from services.execution_store.repository import ExecutionRepository
+from services.execution_store.wiring import lifecycle
 
 EXECUTION_SERVICE = str(execution_service_pb2.DESCRIPTOR.services_by_name["ExecutionService"].full_name)
 # The queue service's outcome stream (services/queue/job_queue.py `outcomes_stream()`; a test keeps them equal).
 QUEUE_OUTCOMES_STREAM = "cm:q:outcomes"
-
-
-def event_log(ctx: AppContext) -> EventLog:
-    return EventLog(ctx.redis, max_len=ctx.settings.event_stream_max_len,
-                    retention_seconds=ctx.settings.event_retention_seconds)
-
-
-def lifecycle(ctx: AppContext) -> ExecutionLifecycle:
-    return ExecutionLifecycle(ExecutionRepository(ctx.db), event_log(ctx),
-                              CostRates.parse(ctx.settings.cost_per_device_second_usd))
 
 
 def instance_name(ctx: AppContext) -> str:

@@ -54,6 +54,9 @@ DISPATCH_LATENCY = Histogram("dispatch_latency_seconds", "From a job's lease to 
                              buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 LEASE_WAIT_SECONDS = 5.0
 FLEET_RECHECK_SECONDS = 1.0
+# An interrupt nobody asked for that arrives this close to the attempt's deadline is the deadline's (the executor
+# interrupts at the deadline; the two clocks are the same host's or NTP-synchronised).
+DEADLINE_SLACK_SECONDS = 0.25
 _BUSY_REASONS = {str(Reason.EXECUTOR_BUSY), str(Reason.EXECUTOR_DRAINING)}
 
 
@@ -76,6 +79,7 @@ class Attempt:
     lost: asyncio.Event = field(default_factory=asyncio.Event)
     executor: ExecutorEntry | None = None
     leased_at: float = field(default_factory=time.monotonic)
+    deadline: float = 0.0  # epoch seconds the executor was told to interrupt the attempt at
 
     @property
     def execution_id(self) -> str:
@@ -319,7 +323,8 @@ class Dispatcher:
             execution_id=record.id, attempt=attempt.number, graph=graph_to_proto(record.graph),
             inputs=input_files(record), output_prefix=f"executions/{record.id}/attempt-{attempt.number}")
         timeout = record.run_timeout_seconds or self._default_run_timeout
-        request.deadline.FromNanoseconds(int((time.time() + timeout) * 1e9))
+        attempt.deadline = time.time() + timeout
+        request.deadline.FromNanoseconds(int(attempt.deadline * 1e9))
         return request
 
     async def _execute(self, attempt: Attempt, executor: ExecutorEntry) -> bool:
@@ -380,7 +385,7 @@ class Dispatcher:
             timeout = record.run_timeout_seconds or self._default_run_timeout
             if reason is not None:
                 event.cancelled.reason = reason
-            elif run_seconds >= timeout * 0.99:
+            elif time.time() >= attempt.deadline - DEADLINE_SLACK_SECONDS:
                 await self._lifecycle.fail(record, attempt.number, _status(
                     Reason.EXECUTION_TIMEOUT, f"the attempt ran longer than its run timeout ({timeout:g}s)",
                     grpc.StatusCode.DEADLINE_EXCEEDED))

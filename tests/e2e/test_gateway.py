@@ -138,7 +138,7 @@ def test_bad_input_gets_a_4xx_with_a_json_error(endpoints: Endpoints, method: st
 
 def test_unimplemented_rpcs_say_so_with_a_reason(endpoints: Endpoints) -> None:
     with _http(endpoints) as http:
-        response = http.get("/v1/queue/stats")
+        response = http.get("/v1/models")
     assert response.status_code == 501
     assert response.json()["details"][0]["reason"] == "NOT_IMPLEMENTED"
 

@@ -1,0 +1,66 @@
+"""WatchExecution: replay an execution's events after a given id, then follow them live, and always end with the
+terminal event — also when the stream expired or a process died before appending it (then the terminal event is
+rebuilt from the row). Idle streams get a heartbeat event so proxies keep them open."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from comfymesh.common.v1 import execution_event_pb2 as pb
+from services.execution_store.domain import ExecutionRecord
+from services.execution_store.events import EventFollower, EventLog, check_event_id, is_terminal
+from services.execution_store.lifecycle import new_event, terminal_event_from_record
+from services.execution_store.repository import ExecutionRepository
+from services.workflow.queries import ExecutionQueries
+
+
+class ExecutionWatcher:
+    def __init__(self, queries: ExecutionQueries, repository: ExecutionRepository, events: EventLog,
+                 follower: EventFollower, heartbeat_seconds: float) -> None:
+        self._queries = queries
+        self._repository = repository
+        self._events = events
+        self._follower = follower
+        self._heartbeat = heartbeat_seconds
+
+    async def watch(self, tenant: str, execution_id: str, after_event_id: str = "", *,
+                    include_previews: bool = False) -> AsyncIterator[pb.ExecutionEvent]:
+        check_event_id(after_event_id)
+        record = await self._queries.get(tenant, execution_id)  # NOT_FOUND for another tenant's id, too
+        last = after_event_id
+        with self._follower.subscribe(execution_id) as wake:
+            while True:
+                wake.clear()  # before reading: an append that lands after the read sets it again
+                events, last = await self._read(execution_id, last, include_previews)
+                for event in events:
+                    yield event
+                    if is_terminal(event):
+                        return
+                if events:
+                    continue
+                record = await self._repository.get_internal(execution_id) or record
+                if record.state.terminal and not await self._events.has_terminal(execution_id):
+                    yield terminal_event_from_record(record)
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), self._heartbeat)
+                    continue
+                yield self._heartbeat_event(record)
+
+    async def _read(self, execution_id: str, after: str, include_previews: bool
+                    ) -> tuple[list[pb.ExecutionEvent], str]:
+        events = await self._events.read(execution_id, after, include_previews=True)
+        if not events:
+            return [], after
+        last = events[-1].event_id
+        if not include_previews:
+            events = [e for e in events if e.WhichOneof("kind") != "preview"]
+        return events, last
+
+    @staticmethod
+    def _heartbeat_event(record: ExecutionRecord) -> pb.ExecutionEvent:
+        event = new_event(record.id, record.attempt_count, record.state)
+        event.heartbeat.SetInParent()
+        return event
