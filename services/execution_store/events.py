@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 EVENT_ID_PATTERN = re.compile(r"^\d{1,20}-\d{1,20}$")
 TERMINAL_KINDS = frozenset({"succeeded", "failed", "cancelled"})
 _Entries = list[tuple[bytes, dict[bytes, bytes]]]
+FEED_MAX_LEN = 100_000
 _FIELD_EVENT = b"e"
 _FIELD_KIND = b"k"
 
@@ -47,6 +48,12 @@ class EventLog:
         self._namespace = namespace
 
     @property
+    def feed_key(self) -> str:
+        """One stream of every execution's events but previews, as {execution_id, k (kind), state (the
+        ExecutionState number), attempt}; the event itself stays in the execution's stream (same order)."""
+        return f"{self._namespace}:feed"
+
+    @property
     def notify_channel(self) -> str:
         """Every append publishes the execution id here, so followers wake without polling (EventFollower)."""
         return f"{self._namespace}:notify"
@@ -67,6 +74,11 @@ class EventLog:
                   maxlen=self._max_len, approximate=True)
         if kind in TERMINAL_KINDS:
             pipe.expire(key, self._retention)
+        if kind != "preview":
+            # The fleet-wide feed (webhooks and other consumers read it with a consumer group).
+            pipe.xadd(self.feed_key, {b"execution_id": event.execution_id.encode(), _FIELD_KIND: kind.encode(),
+                                      b"state": str(event.state).encode(), b"attempt": str(event.attempt).encode()},
+                      maxlen=FEED_MAX_LEN, approximate=True)
         pipe.publish(self.notify_channel, event.execution_id.encode())
         results = await pipe.execute()
         event_id = results[0].decode()
