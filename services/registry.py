@@ -17,6 +17,7 @@ from services.execution.component import build_execution_binding
 from services.execution_store.cancellation import CancelFlags
 from services.execution_store.events import EventFollower
 from services.execution_store.repository import ExecutionRepository
+from services.execution_store.tails import SharedTails
 from services.execution_store.wiring import event_log, lifecycle
 from services.queue.component import build_queue_binding
 from services.workflow.cancellation import ExecutionCanceller
@@ -62,7 +63,8 @@ def _workflow(ctx: AppContext) -> ServiceBinding:
     queue = queue_service_pb2_grpc.QueueServiceStub(queue_channel)
     operations = ExecutionOperations(
         submitter=ExecutionSubmitter(repository, states, queue, catalog, files),
-        watcher=ExecutionWatcher(queries, repository, events, follower, settings.watch_heartbeat_seconds),
+        watcher=ExecutionWatcher(queries, repository, events, SharedTails(events, follower),
+                                 settings.watch_heartbeat_seconds),
         canceller=ExecutionCanceller(queries, repository, states, CancelFlags(ctx.redis), queue,
                                      execution_service_pb2_grpc.ExecutionServiceStub(execution_channel), follower),
         events=events)

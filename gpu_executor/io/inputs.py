@@ -253,7 +253,7 @@ def _too_large(url: str, limit: int, *, declared: str = "") -> ServiceError:
 
 
 async def _write_one(index: int, spec: InputSpec, final: Path, *, store: ObjectStore | None, inputs_bucket: str,
-                     client: httpx.AsyncClient, max_url_bytes: int, url_timeout: float,
+                     client: httpx.AsyncClient | None, max_url_bytes: int, url_timeout: float,
                      allow_private_urls: bool) -> None:
     file = _AtomicFile(final)
     try:
@@ -275,6 +275,7 @@ async def _write_one(index: int, spec: InputSpec, final: Path, *, store: ObjectS
                                    (FieldViolation(f"inputs[{index}].object_key", "no such object",
                                                    "OBJECT_NOT_FOUND"),)) from exc
         else:
+            assert client is not None  # made whenever an input has a URL
             await _fetch_url(file, client, index, spec, max_url_bytes=max_url_bytes, url_timeout=url_timeout,
                              allow_private_urls=allow_private_urls)
         digest = await file.finish()
@@ -319,9 +320,13 @@ async def materialize_inputs(inputs: list[InputSpec], target_dir: Path, *, store
     names = _validate(inputs, max_inline_bytes=max_inline_bytes)
     root = await asyncio.to_thread(_make_root, target_dir)
     written: list[Path] = []
+    if not inputs:
+        return {}
+    # Only URL inputs need a client (making one builds a TLS context: tens of milliseconds).
+    needs_client = http_client is None and any(spec.url is not None for spec in inputs)
     client = http_client or httpx.AsyncClient(
         follow_redirects=False, trust_env=False, timeout=httpx.Timeout(url_timeout),
-        limits=httpx.Limits(max_connections=4, max_keepalive_connections=0))
+        limits=httpx.Limits(max_connections=4, max_keepalive_connections=0)) if needs_client else http_client
     try:
         for index, (spec, relative) in enumerate(zip(inputs, names, strict=True)):
             try:
@@ -344,6 +349,6 @@ async def materialize_inputs(inputs: list[InputSpec], target_dir: Path, *, store
             path.unlink(missing_ok=True)
         raise
     finally:
-        if http_client is None:
+        if http_client is None and client is not None:
             await client.aclose()
     return {spec.name: path for spec, path in zip(inputs, written, strict=True)}

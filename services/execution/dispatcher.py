@@ -368,6 +368,9 @@ class Dispatcher:
             with contextlib.suppress(Exception):
                 await self._running.clear(attempt.execution_id)
         run_seconds = time.monotonic() - started
+        # The executor is free from its terminal event on: let the next job go there while this one is settled.
+        await self._registry.release(executor.executor_id, attempt.execution_id)
+        self.fleet_changed()
         if terminal is None:
             await self._settle_retry(attempt, _status(
                 Reason.EXECUTOR_LOST, f"executor {executor.executor_id} ended the stream without a result",

@@ -10,19 +10,20 @@ from collections.abc import AsyncIterator
 
 from comfymesh.common.v1 import execution_event_pb2 as pb
 from services.execution_store.domain import ExecutionRecord
-from services.execution_store.events import EventFollower, EventLog, check_event_id, is_terminal
+from services.execution_store.events import EventLog, check_event_id, is_terminal
 from services.execution_store.lifecycle import new_event, terminal_event_from_record
 from services.execution_store.repository import ExecutionRepository
+from services.execution_store.tails import SharedTails
 from services.workflow.queries import ExecutionQueries
 
 
 class ExecutionWatcher:
     def __init__(self, queries: ExecutionQueries, repository: ExecutionRepository, events: EventLog,
-                 follower: EventFollower, heartbeat_seconds: float) -> None:
+                 tails: SharedTails, heartbeat_seconds: float) -> None:
         self._queries = queries
         self._repository = repository
         self._events = events
-        self._follower = follower
+        self._tails = tails
         self._heartbeat = heartbeat_seconds
 
     async def watch(self, tenant: str, execution_id: str, after_event_id: str = "", *,
@@ -30,34 +31,33 @@ class ExecutionWatcher:
         check_event_id(after_event_id)
         record = await self._queries.get(tenant, execution_id)  # NOT_FOUND for another tenant's id, too
         last = after_event_id
-        with self._follower.subscribe(execution_id) as wake:
+        check_row = True  # at the start and after every quiet heartbeat interval, not after every event
+        async with self._tails.open(execution_id) as tail:
             while True:
-                wake.clear()  # before reading: an append that lands after the read sets it again
-                events, last = await self._read(execution_id, last, include_previews)
-                for event in events:
-                    yield event
-                    if is_terminal(event):
-                        return
+                changed = tail.changed()
+                events = tail.after(last)
                 if events:
+                    last = events[-1].event_id
+                    for event in events:
+                        if event.WhichOneof("kind") == "preview" and not include_previews:
+                            continue
+                        yield event
+                        if is_terminal(event):
+                            return
                     continue
-                record = await self._repository.get_internal(execution_id) or record
-                if record.state.terminal and not await self._events.has_terminal(execution_id):
-                    yield terminal_event_from_record(record)
-                    return
+                if check_row:
+                    check_row = False
+                    record = await self._repository.get_internal(execution_id) or record
+                    if record.state.terminal and not await self._events.has_terminal(execution_id):
+                        yield terminal_event_from_record(record)
+                        return
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), self._heartbeat)
+                    await asyncio.wait_for(changed.wait(), self._heartbeat)
                     continue
-                yield self._heartbeat_event(record)
-
-    async def _read(self, execution_id: str, after: str, include_previews: bool
-                    ) -> tuple[list[pb.ExecutionEvent], str]:
-        events = await self._events.read(execution_id, after, include_previews=True)
-        if not events:
-            return [], after
-        last = events[-1].event_id
-        if not include_previews:
-            events = [e for e in events if e.WhichOneof("kind") != "preview"]
-        return events, last
+                check_row = True
+                await tail.refresh()  # a notification may have been lost (pub/sub reconnecting)
+                if not tail.after(last):
+                    yield self._heartbeat_event(record)
 
     @staticmethod
     def _heartbeat_event(record: ExecutionRecord) -> pb.ExecutionEvent:
