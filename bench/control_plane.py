@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +32,6 @@ from typing import Any
 
 import grpc.aio
 
-from comfymesh.common.v1 import execution_event_pb2 as pb
 from comfymesh.queue.v1 import queue_service_pb2 as qpb
 from comfymesh.queue.v1 import queue_service_pb2_grpc as qgrpc
 from comfymesh.workflow.v1 import workflow_service_pb2 as wpb
@@ -72,7 +70,7 @@ NODE_CLASS_MAPPINGS = {"Ticker": Ticker}
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def ms(values: list[float]) -> str:
@@ -207,9 +205,8 @@ async def measure(platform: LocalPlatform, args: argparse.Namespace) -> None:
         await asyncio.to_thread(idle_cpu, platform)
         port = free_port()
         platform.start_executor(2, port, 0)
-        deadline = time.monotonic() + 60
-        while fleet_size(platform.endpoints.control_plane) < 2 and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
+        await asyncio.to_thread(platform.processes["control_plane"].wait_ready,
+                                lambda: fleet_size(platform.endpoints.control_plane) >= 2, 60)
         await throughput(workflow, queue, args.throughput, 2)
 
 
@@ -226,10 +223,11 @@ def main() -> None:
         pack.mkdir()
         (pack / "ticker.py").write_text(SLOW_PACK)
         database_url = "" if args.sqlite else os.environ.get("COMFYMESH_BENCH_DATABASE_URL") or fresh_postgres()
-        seaweed = SeaweedFSServer(home / "seaweedfs", "bench", "bench-secret", log_path=home / "seaweedfs.log")
+        secret = "bench-" + os.urandom(8).hex()
+        seaweed = SeaweedFSServer(home / "seaweedfs", "bench", secret, log_path=home / "seaweedfs.log")
         seaweed.start(timeout=60)
         settings = Settings(home=home, database_url=database_url, redis_url="", s3_endpoint=seaweed.endpoint,
-                            s3_access_key="bench", s3_secret_key="bench-secret", environment="test",
+                            s3_access_key="bench", s3_secret_key=secret, environment="test",
                             log_level="WARNING", metrics_port=0)
         platform = LocalPlatform(settings, free_ports=True, extra_env={
             "CUSTOM_NODES_DIRS": str(pack), "QUEUE_MAX_SIZE": "100000", "LOG_LEVEL": "WARNING"})
