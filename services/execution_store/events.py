@@ -25,6 +25,19 @@ EVENT_ID_PATTERN = re.compile(r"^\d{1,20}-\d{1,20}$")
 TERMINAL_KINDS = frozenset({"succeeded", "failed", "cancelled"})
 _Entries = list[tuple[bytes, dict[bytes, bytes]]]
 FEED_MAX_LEN = 100_000
+# KEYS: stream, feed. ARGV: event, kind, max len, terminal?, retention, to feed?, execution id, state, attempt,
+# feed max len, notify channel, only if the stream is empty?
+_APPEND_SCRIPT = """
+if ARGV[12] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[1], 'k', ARGV[2])
+if ARGV[4] == '1' then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
+if ARGV[6] == '1' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], '*', 'execution_id', ARGV[7], 'k', ARGV[2],
+             'state', ARGV[8], 'attempt', ARGV[9])
+end
+redis.call('PUBLISH', ARGV[11], ARGV[7])
+return id
+"""
 _FIELD_EVENT = b"e"
 _FIELD_KIND = b"k"
 
@@ -46,6 +59,7 @@ class EventLog:
         self._max_len = max_len
         self._retention = retention_seconds
         self._namespace = namespace
+        self._script = client.register_script(_APPEND_SCRIPT)
 
     @property
     def feed_key(self) -> str:
@@ -64,26 +78,35 @@ class EventLog:
     async def append(self, event: pb.ExecutionEvent) -> str:
         """Appends an event (its event_id is replaced by the stream's) and returns the new id.
 
-        A terminal event also starts the stream's retention clock; both happen in one round trip.
+        One round trip: the stream entry, the retention clock (terminal events), the fleet-wide feed entry and the
+        notification for followers are one atomic script.
         """
+        event_id = await self._append(event, only_if_empty=False)
+        assert event_id is not None
+        return event_id
+
+    async def append_first(self, event: pb.ExecutionEvent) -> str | None:
+        """Appends the event only if the execution's stream has none yet (None otherwise).
+
+        The queued event must come first, but the submitter appends it after enqueueing, and a fast dispatcher
+        could append `started` in between: both sides append the queued event with this before anything else,
+        and whichever comes second does nothing.
+        """
+        return await self._append(event, only_if_empty=True)
+
+    async def _append(self, event: pb.ExecutionEvent, *, only_if_empty: bool) -> str | None:
         event.event_id = ""
-        key = self.key(event.execution_id)
         kind = event.WhichOneof("kind") or ""
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.xadd(key, {_FIELD_EVENT: event.SerializeToString(), _FIELD_KIND: kind.encode()},
-                  maxlen=self._max_len, approximate=True)
-        if kind in TERMINAL_KINDS:
-            pipe.expire(key, self._retention)
-        if kind != "preview":
-            # The fleet-wide feed (webhooks and other consumers read it with a consumer group).
-            pipe.xadd(self.feed_key, {b"execution_id": event.execution_id.encode(), _FIELD_KIND: kind.encode(),
-                                      b"state": str(event.state).encode(), b"attempt": str(event.attempt).encode()},
-                      maxlen=FEED_MAX_LEN, approximate=True)
-        pipe.publish(self.notify_channel, event.execution_id.encode())
-        results = await pipe.execute()
-        event_id = results[0].decode()
+        reply = await self._script(
+            keys=[self.key(event.execution_id), self.feed_key],
+            args=[event.SerializeToString(), kind, self._max_len, int(kind in TERMINAL_KINDS), self._retention,
+                  int(kind != "preview"), event.execution_id, int(event.state), event.attempt, FEED_MAX_LEN,
+                  self.notify_channel, int(only_if_empty)])
+        if reply is None:
+            return None
+        event_id = reply.decode() if isinstance(reply, bytes) else str(reply)
         event.event_id = event_id
-        return str(event_id)
+        return event_id
 
     async def read(self, execution_id: str, after: str = "", *, count: int = 500,
                    include_previews: bool = True) -> list[pb.ExecutionEvent]:

@@ -110,12 +110,12 @@ class ExecutionLifecycle:
         self.events = events
         self.costs = costs
 
-    async def queued(self, record: ExecutionRecord, position: int) -> pb.ExecutionEvent:
+    async def queued(self, record: ExecutionRecord, position: int) -> bool:
+        """The first event of every execution (unless the dispatcher already wrote it: see `EventLog.append_first`)."""
         event = new_event(record.id, record.attempt_count, ExecutionState.QUEUED)
         event.queued.priority = record.priority
         event.queued.queue_position = position
-        await self.events.append(event)
-        return event
+        return await self.events.append_first(event) is not None
 
     async def started(self, record: ExecutionRecord, attempt: int, executor_id: str,
                       event: pb.ExecutionEvent) -> bool:
@@ -127,6 +127,8 @@ class ExecutionLifecycle:
             executor_id=executor_id, queue_seconds=record.queue_seconds + waited)
         if moved:
             QUEUE_TIME.observe(waited)
+            if attempt == 1:
+                await self.queued(record, 0)  # a no-op unless this start overtook the submitter's queued event
             event.started.executor_id = executor_id
             event.started.queue_duration.FromNanoseconds(int(waited * 1e9))
             await self.relay(event, ExecutionState.RUNNING)

@@ -119,7 +119,9 @@ async def test_only_the_first_terminal_transition_wins(database: Database, clien
     assert len(stored.outputs) == 1
     assert stored.cost_usd == pytest.approx(0.002) and stored.device_seconds == pytest.approx(2.0)
     kinds = [e.WhichOneof("kind") for e in await log.read(record.id)]
-    assert kinds == ["started", "succeeded"]  # one terminal event, from the winner
+    # The queued event comes first even when the start overtook the submitter; one terminal event, the winner's.
+    assert kinds == ["queued", "started", "succeeded"]
+    assert not await lifecycle.queued(record, 3)  # the submitter's late queued event is not appended twice
     assert not await lifecycle.cancel(stored, 1, "too late")
 
 
