@@ -191,6 +191,10 @@ class LocalPlatform:
             executors=[address for _, address, _ in executors],
         )
 
+    def child_env(self) -> dict[str, str]:
+        """The environment the platform gives its service processes (tests start extra replicas with it)."""
+        return dict(self._env)
+
     def _control_plane_process(self, metrics_port: int) -> ManagedProcess:
         return self._python_process(
             ["-m", "services.control_plane"], self.home / "logs" / "control_plane.log", "control_plane",

@@ -155,7 +155,8 @@ class ExecutionLifecycle:
         ended (another attempt or a cancel won), in which case nothing is written or appended."""
         kind = event.WhichOneof("kind") or ""
         state = _STATE_OF_KIND[kind]
-        values: dict[str, Any] = {"state": state, "end_time": datetime.now(UTC), "run_seconds": run_seconds}
+        values: dict[str, Any] = {"state": state, "end_time": datetime.now(UTC), "run_seconds": run_seconds,
+                                  "attempt_count": max(record.attempt_count, event.attempt)}
         if kind == "succeeded":
             values["outputs"] = [json_format.MessageToDict(o, preserving_proto_field_name=True)
                                  for o in event.succeeded.outputs]

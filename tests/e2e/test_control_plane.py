@@ -299,3 +299,49 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     value = duration_pb2.Duration()
     value.FromNanoseconds(int(seconds * 1e9))
     return value
+
+
+def _png(width: int, height: int, color: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _load_graph(name: str) -> dict[str, Any]:
+    return {"1": {"class_type": "LoadImage", "inputs": {"image": name}},
+            "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+            "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "loaded"}}}
+
+
+def test_inputs_uploaded_beforehand_and_sent_inline(http: httpx.Client,
+                                                    workflow: workflow_service_pb2_grpc.WorkflowServiceStub) -> None:
+    import base64
+
+    uploaded = http.post("/v1/inputs", json={"filename": "cat.png", "content_type": "image/png",
+                                             "data": base64.b64encode(_png(20, 10, (10, 20, 30))).decode()})
+    assert uploaded.status_code == 200, uploaded.text
+    key = uploaded.json()["object_key"]
+    submitted = _submit(http, _load_graph("cat.png"),
+                        inputs=[{"name": "cat.png", "object_key": key, "content_type": "image/png"}])
+    events = _watch(http, submitted["id"])
+    assert _kind(events[-1]) == "succeeded", events[-1]
+    assert (events[-1]["succeeded"]["outputs"][0]["width"], events[-1]["succeeded"]["outputs"][0]["height"]) == \
+        (20, 10)
+
+    inline = workflow_service_pb2.SubmitExecutionRequest(
+        graph=graph_to_proto(_load_graph("dog.png")),
+        inputs=[pb.InputFile(name="dog.png", data=_png(6, 4, (1, 2, 3)), content_type="image/png")])
+    execution = workflow.SubmitExecution(inline, timeout=30)
+    assert not execution.inputs[0].data and execution.inputs[0].object_key  # stored, never echoed back
+    events_inline = list(workflow.WatchExecution(workflow_service_pb2.WatchExecutionRequest(id=execution.id),
+                                                 timeout=60))
+    assert events_inline[-1].succeeded.outputs[0].width == 6
+
+
+def test_an_input_name_the_graph_does_not_supply_and_a_private_url(http: httpx.Client) -> None:
+    missing = http.post("/v1/executions", json={"workflow": _load_graph("nowhere.png")})
+    assert missing.status_code == 400, missing.text  # LoadImage must name one of the execution's inputs
+    private = _submit(http, _load_graph("x.png"), inputs=[{"name": "x.png", "url": "http://127.0.0.1:9/x.png"}])
+    execution = _wait_state(http, private["id"], {"EXECUTION_STATE_FAILED"})
+    assert execution["state"] == "EXECUTION_STATE_FAILED" and execution["attempt_count"] == 1  # not retried
+    assert execution["error"]["details"][0]["reason"] in ("INPUT_INVALID", "URL_NOT_ALLOWED")

@@ -109,3 +109,30 @@ def test_the_control_plane_killed_mid_run_still_ends_the_execution_once(fleet: L
                     break
     terminal = [e for e in events if '"succeeded"' in e or '"failed"' in e or '"cancelled"' in e]
     assert len(terminal) == 1 and '"succeeded"' in terminal[0]
+
+
+def test_two_dispatcher_replicas_never_run_a_job_twice(fleet: LocalPlatform, http: httpx.Client) -> None:
+    """A second control plane (another dispatcher, queue janitor, outcome consumer) shares Redis and PostgreSQL."""
+    import os
+    import sys
+
+    from service_runtime.healthcheck import check
+    from service_runtime.processes import ManagedProcess
+
+    port = free_port()
+    env = {**fleet.child_env(), "COMFYMESH_CONTROL_PLANE_PORT": str(port),
+           "COMFYMESH_METRICS_PORT": "0", "COMFYMESH_SERVICE_INSTANCE": "replica-2"}
+    replica = ManagedProcess([sys.executable, "-m", "services.control_plane"], name="control_plane-2", env=env,
+                             log_path=fleet.home / "logs" / "control_plane-2.log", cwd=Path(os.getcwd())).start()
+    try:
+        replica.wait_ready(lambda: check(f"127.0.0.1:{port}", timeout=1.0), 60)
+        ids = [_submit(http, seconds=0.2) for _ in range(12)]
+        finished = [_wait(http, i, lambda b: b["state"].endswith(("SUCCEEDED", "FAILED", "CANCELLED"))) for i in ids]
+        assert {f["state"] for f in finished} == {"EXECUTION_STATE_SUCCEEDED"}
+        assert {f["attempt_count"] for f in finished} == {1}
+        for execution_id in ids:
+            with http.stream("GET", f"/v1/executions/{execution_id}:watch", timeout=60) as response:
+                lines = [line for line in response.iter_lines() if line.strip()]
+            assert sum('"started"' in line for line in lines) == 1
+    finally:
+        replica.stop(grace=10)
