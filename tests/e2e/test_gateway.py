@@ -136,13 +136,6 @@ def test_bad_input_gets_a_4xx_with_a_json_error(endpoints: Endpoints, method: st
     assert isinstance(body["code"], int) and body["code"] != 0 and body["message"]
 
 
-def test_unimplemented_rpcs_say_so_with_a_reason(endpoints: Endpoints) -> None:
-    with _http(endpoints) as http:
-        response = http.get("/v1/models")
-    assert response.status_code == 501
-    assert response.json()["details"][0]["reason"] == "NOT_IMPLEMENTED"
-
-
 def test_metrics_are_exported(endpoints: Endpoints) -> None:
     metrics = httpx.get(f"http://{endpoints.control_plane_metrics}/metrics", timeout=5, trust_env=False).text
     assert 'grpc_service="comfymesh.workflow.v1.WorkflowService"' in metrics
