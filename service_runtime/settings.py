@@ -102,6 +102,35 @@ class Settings(BaseSettings):
     interrupt_grace_seconds: float = Field(
         10.0, description="How long a node may ignore an interrupt before the executor kills its worker process."
     )
+    executor_id: str = Field(
+        "", description="Stable id the executor registers and heartbeats under (default: hostname:port)."
+    )
+    executor_labels: str = Field(
+        "", description="Labels the executor registers with, as 'key=value' pairs separated by ',' "
+                        "(e.g. 'pool=sdxl,provider=local')."
+    )
+    executor_register: bool = Field(
+        True, description="Register with the ExecutionService (COMFYMESH_EXECUTION_ADDR) at start, heartbeat, and "
+                          "deregister on SIGTERM; off: the executor serves on its own."
+    )
+    executor_warmup_graph: Path | None = Field(
+        None, description="An API-format workflow JSON the executor runs once at start, before it registers "
+                          "(its outputs are discarded), so it joins the fleet warm."
+    )
+    executor_preload_models: str = Field(
+        "", description="Model names loaded into RAM at start, before registering, separated by ',' (bare, e.g. "
+                        "'sd15.safetensors', or with their folder, e.g. 'checkpoints/sd15.safetensors')."
+    )
+    executor_disk_cache_bytes: int = Field(
+        50 << 30, description="Byte budget of the executor's disk cache of models fetched from the models bucket "
+                              "(under COMFYMESH_HOME/model-cache; least recently used files are evicted)."
+    )
+    executor_ram_cache_bytes: int = Field(
+        0, description="Byte budget of models the executor keeps loaded in RAM (0: half the host's memory)."
+    )
+    executor_gpu_cache_bytes: int = Field(
+        0, description="Byte budget of models the executor keeps in GPU memory (0: 80% of the device's memory)."
+    )
 
     # --- Queue (QueueService) ---
     queue_max_size: int = Field(10_000, description="Most executions queued at once; more are refused (0 = no limit).")
@@ -133,6 +162,129 @@ class Settings(BaseSettings):
         "cpu=0,default=0.0005", description="Cost rates per device type, as 'type=usd_per_second' pairs "
                                              "separated by ','; the type is matched as a substring of the device "
                                              "name, 'default' applies otherwise."
+    )
+
+    # --- Webhooks (WebhookService) ---
+    webhook_allow_private_urls: bool = Field(
+        False, description="Let webhook URLs reach private, loopback and link-local addresses (off: SSRF guard; "
+                           "cloud metadata addresses stay refused either way)."
+    )
+    webhook_allow_http: bool = Field(
+        False, description="Accept plain http:// webhook URLs (off: https only, so payloads and their presigned "
+                           "output URLs never travel in clear)."
+    )
+    webhook_retry_schedule: str = Field(
+        "5s,30s,2m,10m,30m,1h,2h,4h,8h", description="Delays before each retry of a failed delivery, separated by "
+                                                     "',' (units ms, s, m, h; bare numbers are seconds); after the "
+                                                     "last one the delivery is dead-lettered."
+    )
+    webhook_retry_jitter: float = Field(
+        0.2, description="Each retry delay is randomised by up to this fraction either way (0 disables jitter)."
+    )
+    webhook_timeout_seconds: float = Field(10.0, description="Deadline of one delivery attempt (connect to body).")
+    webhook_concurrency: int = Field(32, description="Delivery attempts one worker replica makes at once.")
+    webhook_poll_interval_seconds: float = Field(
+        1.0, description="How often a worker looks for due deliveries (new events wake it at once)."
+    )
+    webhook_breaker_threshold: int = Field(
+        5, description="Consecutive failed attempts to one endpoint URL that open its circuit breaker."
+    )
+    webhook_breaker_cooldown_seconds: float = Field(
+        60.0, description="How long an open circuit pauses deliveries to its endpoint before one probe is let through."
+    )
+    webhook_progress_interval_seconds: float = Field(
+        5.0, description="Default minimum time between progress deliveries per execution and subscription."
+    )
+    webhook_secret_overlap_seconds: float = Field(
+        86400.0, description="Default time a rotated-out signing secret keeps signing alongside the new one."
+    )
+    webhook_execution_url_events: str = Field(
+        "succeeded,failed,cancelled", description="Events sent to an execution's own webhook_url, separated by ',' "
+                                                  "(of queued, started, progress, succeeded, failed, cancelled)."
+    )
+    webhook_delivery_retention_seconds: int = Field(
+        30 * 24 * 3600, description="How long finished deliveries (delivered or dead-lettered) stay in the log."
+    )
+    webhook_feed_claim_idle_seconds: float = Field(
+        60.0, description="Feed entries a dead worker left unacknowledged this long are taken over by another."
+    )
+
+    # --- Models (ModelService) ---
+    model_max_bytes: int = Field(
+        64 << 30, description="Largest model file accepted (stream upload, presigned upload or import), in bytes."
+    )
+    model_max_header_bytes: int = Field(
+        100_000_000, description="Largest safetensors JSON header accepted, in bytes (safetensors' own limit)."
+    )
+    model_upload_ttl_seconds: int = Field(
+        24 * 3600, description="How long a presigned upload (CreateModelUpload) stays open: the lifetime of its "
+                               "URLs; afterwards its staging object is removed."
+    )
+    model_upload_part_bytes: int = Field(
+        512 << 20, description="Presigned uploads larger than this are multipart (one URL per part of this size, "
+                               "each PUT retried or resumed on its own); smaller ones get one PUT URL."
+    )
+    model_import_timeout_seconds: float = Field(
+        3600.0, description="Deadline for fetching one model from an http(s) URL (ImportModel)."
+    )
+    model_allow_private_urls: bool = Field(
+        False, description="Let ImportModel URLs reach private, loopback and link-local addresses (off: SSRF guard)."
+    )
+    model_pending_stale_seconds: float = Field(
+        600.0, description="An upload that made no progress for this long no longer holds its model name."
+    )
+    model_janitor_interval_seconds: float = Field(
+        60.0, description="How often expired presigned uploads and abandoned upload reservations are swept."
+    )
+    model_locations_ttl_seconds: float = Field(
+        2.0, description="How long the fleet's cached-model report (executor heartbeats) is reused by model reads."
+    )
+
+    # --- Identity and limits (AuthService) ---
+    auth_enabled: bool = Field(
+        True, description="Authenticate and authorise every RPC ('Authorization: Bearer <API key or token>'); "
+                          "off: every caller acts in the tenant 'default' with every scope (local development only)."
+    )
+    auth_bootstrap_admin: bool = Field(
+        True, description="On first start, create the tenant 'default', an admin service account and its API key, "
+                          "written to COMFYMESH_HOME/admin.key (mode 0600)."
+    )
+    auth_token_ttl_seconds: float = Field(900.0, description="Lifetime of a token from CreateToken by default.")
+    auth_token_max_ttl_seconds: float = Field(3600.0, description="Longest lifetime CreateToken grants.")
+    auth_key_cache_seconds: float = Field(
+        1.0, description="How long a verified API key's state (revocation, expiry, scopes) is reused before it is "
+                         "read again: a revoked key stops working within this time."
+    )
+    auth_key_last_used_interval_seconds: float = Field(
+        60.0, description="An API key's last-used time is written at most this often."
+    )
+    auth_signing_key_rotation_seconds: float = Field(
+        7 * 86400.0, description="Age at which a new token-signing key takes over; older keys keep verifying until "
+                                 "the tokens they signed have expired."
+    )
+    auth_signing_keys_refresh_seconds: float = Field(
+        30.0, description="How often verifiers re-read the token-signing public keys (and at once, at most every "
+                          "second, on a token with an unknown kid)."
+    )
+    auth_rate_limits: str = Field(
+        "basic=5:10,pro=20:40,enterprise=1000:2000", description="Per-principal token buckets by tier, as "
+                                                                "'tier=requests_per_second:burst' pairs separated "
+                                                                "by ','; a tenant's own limits override its tier's."
+    )
+    auth_execution_limits: str = Field(
+        "basic=2:20,pro=8:100,enterprise=0:0", description="Executions per tenant by tier, as "
+                                                          "'tier=running:queued' pairs separated by ',' "
+                                                          "(0 = unlimited); submissions beyond are refused."
+    )
+    auth_monthly_budgets_usd: str = Field(
+        "basic=10,pro=100,enterprise=0", description="Monthly budget per tenant by tier in USD, as 'tier=usd' pairs "
+                                                    "separated by ',' (0 = unlimited); submissions are refused once "
+                                                    "the month's cost reaches it."
+    )
+    auth_internal_credential: str = Field(
+        "", description="Bearer credential the platform's components present to each other (internal scopes); "
+                        "default: derived from the deployment secret, so every process sharing "
+                        "COMFYMESH_SECRET_KEY agrees."
     )
 
     # --- Gateway ---

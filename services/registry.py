@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from comfymesh.auth.v1 import auth_service_pb2, auth_service_pb2_grpc
+from comfymesh.auth.v1 import auth_service_pb2
 from comfymesh.execution.v1 import execution_service_pb2, execution_service_pb2_grpc
-from comfymesh.model.v1 import model_service_pb2, model_service_pb2_grpc
+from comfymesh.model.v1 import model_service_pb2
 from comfymesh.queue.v1 import queue_service_pb2, queue_service_pb2_grpc
-from comfymesh.webhook.v1 import webhook_service_pb2, webhook_service_pb2_grpc
+from comfymesh.webhook.v1 import webhook_service_pb2
 from comfymesh.workflow.v1 import workflow_service_pb2, workflow_service_pb2_grpc
 from service_runtime.grpc import ServiceBinding, channel_to
-from service_runtime.grpc.contract import contract_only
+from services.auth.component import build_auth_binding
 from services.context import AppContext
 from services.execution.component import build_execution_binding
 from services.execution_store.cancellation import CancelFlags
@@ -19,7 +19,10 @@ from services.execution_store.events import EventFollower
 from services.execution_store.repository import ExecutionRepository
 from services.execution_store.tails import SharedTails
 from services.execution_store.wiring import event_log, lifecycle
+from services.model.client import ModelCatalog
+from services.model.component import build_model_binding
 from services.queue.component import build_queue_binding
+from services.webhook.component import build_webhook_binding
 from services.workflow.cancellation import ExecutionCanceller
 from services.workflow.catalog import ExecutorCatalog
 from services.workflow.files import WorkflowFiles
@@ -61,8 +64,10 @@ def _workflow(ctx: AppContext) -> ServiceBinding:
     follower = EventFollower(ctx.redis, events.notify_channel)
     ctx.on_close(follower.close)
     queue = queue_service_pb2_grpc.QueueServiceStub(queue_channel)
+    models = ModelCatalog(lambda: channel_to("model", settings))
+    ctx.on_close(models.close)
     operations = ExecutionOperations(
-        submitter=ExecutionSubmitter(repository, states, queue, catalog, files),
+        submitter=ExecutionSubmitter(repository, states, queue, catalog, files, models),
         watcher=ExecutionWatcher(queries, repository, events, SharedTails(events, follower),
                                  settings.watch_heartbeat_seconds),
         canceller=ExecutionCanceller(queries, repository, states, CancelFlags(ctx.redis), queue,
@@ -72,21 +77,18 @@ def _workflow(ctx: AppContext) -> ServiceBinding:
     return ServiceBinding(WORKFLOW, servicer, workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server)
 
 
-# The services below serve the contract with every RPC answering UNIMPLEMENTED (reason NOT_IMPLEMENTED) until their
-# issues implement them; they already take part in health, reflection, routing and metrics.
 def _model(ctx: AppContext) -> ServiceBinding:
-    return ServiceBinding(MODEL, contract_only(model_service_pb2_grpc.ModelServiceServicer),
-                          model_service_pb2_grpc.add_ModelServiceServicer_to_server)
+    return build_model_binding(ctx)
 
 
 def _auth(ctx: AppContext) -> ServiceBinding:
-    return ServiceBinding(AUTH, contract_only(auth_service_pb2_grpc.AuthServiceServicer),
-                          auth_service_pb2_grpc.add_AuthServiceServicer_to_server)
+    # Tenants, principals, API keys, tokens and usage (services/auth), with the signing-key upkeep loop.
+    return build_auth_binding(ctx)
 
 
 def _webhook(ctx: AppContext) -> ServiceBinding:
-    return ServiceBinding(WEBHOOK, contract_only(webhook_service_pb2_grpc.WebhookServiceServicer),
-                          webhook_service_pb2_grpc.add_WebhookServiceServicer_to_server)
+    # Subscriptions, signed deliveries with retries and a dead-letter state, the delivery log (services/webhook).
+    return build_webhook_binding(ctx)
 
 
 COMPONENTS: dict[str, Callable[[AppContext], ServiceBinding]] = {

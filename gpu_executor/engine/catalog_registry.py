@@ -16,7 +16,7 @@ Nothing here imports torch or generated code.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, NoReturn
 
 from gpu_executor.engine.node_types import NodeSpec, spec_from_class
@@ -141,4 +141,40 @@ def with_input_files(registry: NodeRegistry, input_files: Collection[str]) -> No
         replaced = spec_from_class(class_name, _stand_in(class_name, info, inputs), spec.display_name,
                                    spec.python_module)
         specs[class_name] = dataclasses.replace(replaced, deferred_inputs=spec.deferred_inputs - uploads)
+    return NodeRegistry(specs=specs, errors=list(registry.errors), packs=list(registry.packs))
+
+
+def with_extra_choices(registry: NodeRegistry, choices_for: Callable[[str], Collection[str]]) -> NodeRegistry:
+    """The registry with more accepted values for combo inputs: `choices_for(input_name)` names the extra choices
+    (e.g. the models a caller uploaded after the executors published their catalogs); the given registry is not
+    changed, and classes none of whose combos gain a choice are shared."""
+    specs = dict(registry.specs)
+    for class_name, spec in registry.specs.items():
+        info: Mapping[str, Any] | None = getattr(spec.cls, "OBJECT_INFO", None)
+        if info is None:
+            continue
+        inputs = {category: dict(section) for category, section in _ordered_inputs(info).items()}
+        changed = False
+        for category in ("required", "optional"):
+            section = inputs.get(category) or {}
+            for input_name, value in list(section.items()):
+                extra = choices_for(input_name)
+                if not extra or not isinstance(value, (list, tuple)) or not value:
+                    continue
+                kind = value[0]
+                options = dict(value[1]) if len(value) > 1 and isinstance(value[1], Mapping) else {}
+                if isinstance(kind, (list, tuple)):
+                    listed = list(kind)
+                    section[input_name] = [listed + sorted(set(extra) - set(listed)), options]
+                elif kind == "COMBO":
+                    listed = list(options.get("options", ()) or ())
+                    options["options"] = listed + sorted(set(extra) - set(listed))
+                    section[input_name] = ["COMBO", options]
+                else:
+                    continue
+                changed = True
+        if changed:
+            replaced = spec_from_class(class_name, _stand_in(class_name, info, inputs), spec.display_name,
+                                       spec.python_module)
+            specs[class_name] = dataclasses.replace(replaced, deferred_inputs=spec.deferred_inputs)
     return NodeRegistry(specs=specs, errors=list(registry.errors), packs=list(registry.packs))

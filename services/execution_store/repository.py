@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import builtins
 import json
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Float, Integer, String, Text, and_, delete, select, update
+from sqlalchemy import Float, Integer, String, Text, and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -187,3 +188,66 @@ class ExecutionRepository:
                                            ExecutionRow.update_time < updated_before)
                 .order_by(ExecutionRow.id).limit(limit))).scalars().all()
             return [_to_record(row) for row in rows]
+
+    async def active_referencing(self, tenant: str, values: Iterable[str], limit: int = 20) -> builtins.list[str]:
+        """Ids of the tenant's unfinished executions (QUEUED, DISPATCHING, RUNNING) whose graph has one of `values`
+        as a string input (ModelService: a model name a loader node references), oldest first.
+
+        The graph text is pre-filtered in SQL (the value's JSON spelling is a substring of graph_json), then each
+        candidate's inputs are checked exactly, so a name that merely occurs inside a longer string never counts.
+        """
+        wanted = {v for v in values if v}
+        if not wanted:
+            return []
+        spellings = [json.dumps(v) for v in sorted(wanted)]
+        found: builtins.list[str] = []
+        async with self._db.session() as session:
+            rows = (await session.execute(
+                select(ExecutionRow.id, ExecutionRow.graph_json).where(
+                    ExecutionRow.tenant == tenant, ExecutionRow.state.in_(ACTIVE_STATES),
+                    or_(*[ExecutionRow.graph_json.contains(s, autoescape=True) for s in spellings]))
+                .order_by(ExecutionRow.id))).all()
+        for execution_id, graph_json in rows:
+            graph = json.loads(graph_json)
+            if any(_references(node.get("inputs"), wanted) for node in graph.values() if isinstance(node, dict)):
+                found.append(execution_id)
+                if len(found) >= limit:
+                    break
+        return found
+
+    # --- Read-only usage queries (AuthService quotas and usage): the tenant's load and its cost ledger. ---
+
+    async def count_active(self, tenant: str) -> dict[str, int]:
+        """The tenant's unfinished executions by state ("QUEUED", "DISPATCHING", "RUNNING"; absent = 0)."""
+        async with self._db.session() as session:
+            rows = (await session.execute(
+                select(ExecutionRow.state, func.count()).where(ExecutionRow.state.in_(ACTIVE_STATES),
+                                                              ExecutionRow.tenant == tenant)
+                .group_by(ExecutionRow.state))).all()
+        return {str(state): int(count) for state, count in rows}
+
+    async def cost_since(self, tenant: str, since: datetime, *, created_after: datetime | None = None
+                         ) -> tuple[float, float]:
+        """The cost ledger: (USD, device-seconds) of the tenant's executions that ended at or after `since`.
+
+        `created_after` bounds the scan by id (ids are time-ordered), so a month's sum reads the tenant's recent
+        rows through the (tenant, id) index instead of its whole history."""
+        conditions = [ExecutionRow.tenant == tenant, ExecutionRow.end_time >= since]
+        if created_after is not None:
+            millis = max(0, int(created_after.timestamp() * 1000))
+            conditions.append(ExecutionRow.id >= f"{millis:012x}" + "0" * 20)
+        async with self._db.session() as session:
+            cost, seconds = (await session.execute(
+                select(func.coalesce(func.sum(ExecutionRow.cost_usd), 0.0),
+                       func.coalesce(func.sum(ExecutionRow.device_seconds), 0.0)).where(*conditions))).one()
+        return float(cost), float(seconds)
+
+
+def _references(value: Any, wanted: set[str]) -> bool:
+    if isinstance(value, str):
+        return value in wanted
+    if isinstance(value, dict):
+        return any(_references(v, wanted) for v in value.values())
+    if isinstance(value, list):
+        return any(_references(v, wanted) for v in value)
+    return False

@@ -25,9 +25,10 @@ from services.execution_store.domain import ExecutionRecord, ExecutionState
 from services.execution_store.jobs import job_of
 from services.execution_store.lifecycle import ExecutionLifecycle
 from services.execution_store.repository import ExecutionRepository
+from services.model.client import ModelCatalog
 from services.workflow.catalog import ExecutorCatalog
 from services.workflow.files import WorkflowFiles, input_key_belongs_to
-from services.workflow.validation import raise_if_invalid, validate_graph
+from services.workflow.validation import WorkflowValidation, is_model_input, raise_if_invalid, validate_graph
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,9 @@ def _prefixed(error: ServiceError, prefix: str) -> ServiceError:
 
 class ExecutionSubmitter:
     def __init__(self, repository: ExecutionRepository, lifecycle: ExecutionLifecycle,
-                 queue: qgrpc.QueueServiceAsyncStub, catalog: ExecutorCatalog, files: WorkflowFiles) -> None:
+                 queue: qgrpc.QueueServiceAsyncStub, catalog: ExecutorCatalog, files: WorkflowFiles,
+                 models: ModelCatalog | None = None) -> None:
+        self._models = models
         self._repository = repository
         self._lifecycle = lifecycle
         self._queue = queue
@@ -77,7 +80,7 @@ class ExecutionSubmitter:
             if existing is not None:
                 return existing, await self.position(existing)
         names = [item.name for item in submission.inputs]
-        graph, result = await validate_graph(submission.graph, self._catalog, input_files=names)
+        graph, result = await self.validate(submission.graph, names)
         raise_if_invalid(result)
         now = datetime.now(UTC)
         record = ExecutionRecord(
@@ -108,6 +111,23 @@ class ExecutionSubmitter:
             return record, 0
         await self._lifecycle.queued(record, job.position)
         return record, job.position
+
+    async def validate(self, graph: Graph, input_files: list[str] | None = None) -> tuple[Graph, WorkflowValidation]:
+        """ValidateWorkflow's check: the fleet catalog plus the caller's uploaded models."""
+        return await validate_graph(graph, self._catalog, input_files=input_files,
+                                    models=await self._uploaded_models(graph))
+
+    async def _uploaded_models(self, graph: Graph) -> dict[str, set[str]] | None:
+        """The caller's models in ModelService when the graph has a loader input (None: none needed, or the model
+        service is unreachable — then the executors' own lists decide)."""
+        if self._models is None or not any(
+                is_model_input(name) for node in graph.values() if isinstance(node, dict)
+                for name in (node.get("inputs") or {})):
+            return None
+        try:
+            return await self._models.names()
+        except ServiceError:
+            return None
 
     async def position(self, record: ExecutionRecord) -> int:
         if record.state is not ExecutionState.QUEUED:

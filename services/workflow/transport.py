@@ -193,7 +193,9 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
                                context: grpc.aio.ServicerContext[Any, Any]
                                ) -> workflow_service_pb2.ValidateWorkflowResponse:
         # A malformed encoding is INVALID_ARGUMENT; an invalid graph is a result (valid=false), not an error.
-        graph, result = await validate_graph(graph_from_request(request), self._catalog)
+        plain = graph_from_request(request)
+        graph, result = await (self._operations.submitter.validate(plain) if self._operations is not None
+                               else validate_graph(plain, self._catalog))
         response = workflow_service_pb2.ValidateWorkflowResponse(result=validation_to_proto(result))
         try:
             response.graph.CopyFrom(graph_to_proto(graph))

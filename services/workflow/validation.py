@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpu_executor.engine.catalog_registry import registry_from_object_info, with_input_files
+from gpu_executor.engine.catalog_registry import registry_from_object_info, with_extra_choices, with_input_files
 from gpu_executor.engine.errors import NodeError, NodeErrorType, ValidationResult
 from gpu_executor.engine.graph import Graph as EngineGraph
 from gpu_executor.engine.graph import Link
@@ -130,18 +130,44 @@ async def catalog_registry(catalog: ExecutorCatalog) -> NodeRegistry:
     return registry
 
 
+# ComfyUI's loader inputs → the model folders their choices come from (an input not listed accepts any folder).
+MODEL_FOLDERS = {"ckpt_name": ("checkpoints",), "lora_name": ("loras",), "vae_name": ("vae",),
+                 "control_net_name": ("controlnet",), "unet_name": ("diffusion_models", "unet"),
+                 "upscale_model_name": ("upscale_models",), "clip_vision_name": ("clip_vision",)}
+
+
+def model_choices(models: Mapping[str, Collection[str]]) -> Callable[[str], Collection[str]]:
+    """For a loader input, the caller's uploaded models it may name (from ModelService)."""
+
+    def choices(input_name: str) -> Collection[str]:
+        if not is_model_input(input_name):
+            return ()
+        if input_name.startswith("clip_name"):
+            folders: tuple[str, ...] = ("text_encoders", "clip")
+        else:
+            folders = MODEL_FOLDERS.get(input_name, tuple(models))
+        return sorted({name for folder in folders for name in models.get(folder, ())})
+
+    return choices
+
+
 async def validate_graph(graph: Graph, catalog: ExecutorCatalog, *,
-                         input_files: Collection[str] | None = None) -> tuple[Graph, WorkflowValidation]:
+                         input_files: Collection[str] | None = None,
+                         models: Mapping[str, Collection[str]] | None = None) -> tuple[Graph, WorkflowValidation]:
     """Validates a plain graph (from graph_codec) against the catalog.
 
     Returns the graph with literals converted the way the executor converts them (e.g. "5" for an INT is 5) and
     the result; an invalid graph is not an error here (see `raise_if_invalid`). `input_files`: the names of the
     execution's input files (SubmitExecution's `inputs[].name`); when given, upload widgets such as LoadImage's
-    `image` must name one of them, otherwise their values are left to the executor.
+    `image` must name one of them, otherwise their values are left to the executor. `models`: folder → the
+    caller's models in ModelService, accepted as loader choices beyond what the executors listed (an executor
+    fetches such a model from the object store when a graph names it).
     """
     registry = await catalog_registry(catalog)
     if input_files is not None:
         registry = with_input_files(registry, input_files)
+    if models:
+        registry = with_extra_choices(registry, model_choices(models))
     checked, result = validate(graph, registry)
     return _checked_graph(graph, checked), _from_engine(result, checked, registry)
 

@@ -345,3 +345,38 @@ def test_an_input_name_the_graph_does_not_supply_and_a_private_url(http: httpx.C
     execution = _wait_state(http, private["id"], {"EXECUTION_STATE_FAILED"})
     assert execution["state"] == "EXECUTION_STATE_FAILED" and execution["attempt_count"] == 1  # not retried
     assert execution["error"]["details"][0]["reason"] in ("INPUT_INVALID", "URL_NOT_ALLOWED")
+
+
+def test_models_uploaded_to_the_model_service_are_valid_loader_choices(http: httpx.Client) -> None:
+    """The executors published their catalogs before this upload; submit-time validation still accepts it."""
+    import base64
+    import secrets
+
+    from tests.e2e.test_models import _lora
+
+    data = _lora(4, secrets.token_hex(4))
+    name = f"e2e/{secrets.token_hex(4)}.safetensors"
+    body = [{"metadata": {"name": name, "kind": "MODEL_KIND_LORA", "size_bytes": str(len(data))}},
+            {"chunk": base64.b64encode(data).decode()}]
+    uploaded = http.post("/v1/models:upload", json=body)
+    assert uploaded.status_code == 200, uploaded.text
+
+    def graph(lora: str) -> dict[str, Any]:
+        return {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "absent.safetensors"}},
+                "2": {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1], "lora_name": lora,
+                                                             "strength_model": 1.0, "strength_clip": 1.0}},
+                "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": "a cat"}},
+                "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+                "5": {"class_type": "KSampler", "inputs": {
+                    "model": ["2", 0], "positive": ["3", 0], "negative": ["3", 0], "latent_image": ["4", 0],
+                    "seed": 1, "steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal",
+                    "denoise": 1.0}},
+                "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+                "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "m"}}}
+
+    def errors(lora: str) -> dict[str, list[str]]:
+        result = http.post("/v1/workflows:validate", json={"workflow": graph(lora)}).json()["result"]
+        return {node: [e["input_name"] for e in item["errors"]] for node, item in result["node_errors"].items()}
+
+    assert errors(name) == {"1": ["ckpt_name"]}
+    assert errors("not-uploaded.safetensors") == {"1": ["ckpt_name"], "2": ["lora_name"]}

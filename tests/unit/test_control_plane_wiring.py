@@ -11,4 +11,4 @@ pytestmark = pytest.mark.unit
 
 
 def test_the_execution_service_reads_the_stream_the_queue_writes() -> None:
-    assert QUEUE_OUTCOMES_STREAM == outcomes_stream(DEFAULT_NAMESPACE)
+    assert outcomes_stream(DEFAULT_NAMESPACE) == QUEUE_OUTCOMES_STREAM

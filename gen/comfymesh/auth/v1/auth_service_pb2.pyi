@@ -65,6 +65,8 @@ class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType],
     """Submit and manage own executions, models and webhooks."""
     ROLE_VIEWER: _Role.ValueType  # 4
     """Read-only."""
+    ROLE_EXECUTOR: _Role.ValueType  # 5
+    """A GPU executor: registers with the fleet and heartbeats (service accounts of the platform's own tenant only)."""
 
 class Role(_Role, metaclass=_RoleEnumTypeWrapper):
     """Roles; each maps to a set of scopes."""
@@ -79,6 +81,8 @@ ROLE_DEVELOPER: Role.ValueType  # 3
 """Submit and manage own executions, models and webhooks."""
 ROLE_VIEWER: Role.ValueType  # 4
 """Read-only."""
+ROLE_EXECUTOR: Role.ValueType  # 5
+"""A GPU executor: registers with the fleet and heartbeats (service accounts of the platform's own tenant only)."""
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
 @_typing.final

@@ -364,13 +364,31 @@ class ModelUpload(_message.Message):
     UPLOAD_ID_FIELD_NUMBER: _builtins.int
     UPLOAD_URL_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
+    PART_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    MODEL_ID_FIELD_NUMBER: _builtins.int
     upload_id: _builtins.str
     """The upload id."""
     upload_url: _builtins.str
-    """PUT the bytes here."""
+    """PUT the bytes here (a file up to the part size); empty for a multipart upload, which has `parts`."""
+    part_size_bytes: _builtins.int
+    """The part size: every part but the last has exactly this many bytes (0 for a single-PUT upload)."""
+    model_id: _builtins.str
+    """The registered model, once CompleteModelUpload succeeded."""
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
         """When the URL expires."""
+
+    @_builtins.property
+    def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelUploadPart]:
+        """For a file larger than the part size: PUT each part's bytes to its URL (in any order, in parallel, each
+        retried on its own), then CompleteModelUpload.
+        """
+
+    @_builtins.property
+    def metadata(self) -> Global___UploadModelMetadata:
+        """What is being uploaded."""
 
     def __init__(
         self,
@@ -378,14 +396,56 @@ class ModelUpload(_message.Message):
         upload_id: _builtins.str = ...,
         upload_url: _builtins.str = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
+        parts: _abc.Iterable[Global___ModelUploadPart] | None = ...,
+        part_size_bytes: _builtins.int = ...,
+        metadata: Global___UploadModelMetadata | None = ...,
+        model_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "upload_id", b"upload_id", "upload_url", b"upload_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "metadata", b"metadata", "model_id", b"model_id", "part_size_bytes", b"part_size_bytes", "parts", b"parts", "upload_id", b"upload_id", "upload_url", b"upload_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelUpload: _TypeAlias = ModelUpload  # noqa: Y015
+
+@_typing.final
+class ModelUploadPart(_message.Message):
+    """One part of a multipart presigned upload."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PART_NUMBER_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    UPLOAD_URL_FIELD_NUMBER: _builtins.int
+    UPLOADED_FIELD_NUMBER: _builtins.int
+    part_number: _builtins.int
+    """The part number, from 1."""
+    offset: _builtins.int
+    """Where the part starts in the file."""
+    size_bytes: _builtins.int
+    """Its length."""
+    upload_url: _builtins.str
+    """PUT the part's bytes here."""
+    uploaded: _builtins.bool
+    """Whether the object store already holds this part (GetModelUpload), so a resumed upload can skip it."""
+    def __init__(
+        self,
+        *,
+        part_number: _builtins.int = ...,
+        offset: _builtins.int = ...,
+        size_bytes: _builtins.int = ...,
+        upload_url: _builtins.str = ...,
+        uploaded: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "part_number", b"part_number", "size_bytes", b"size_bytes", "upload_url", b"upload_url", "uploaded", b"uploaded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelUploadPart: _TypeAlias = ModelUploadPart  # noqa: Y015
 
 @_typing.final
 class CreateModelUploadRequest(_message.Message):
@@ -410,6 +470,50 @@ class CreateModelUploadRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateModelUploadRequest: _TypeAlias = CreateModelUploadRequest  # noqa: Y015
+
+@_typing.final
+class GetModelUploadRequest(_message.Message):
+    """Request of GetModelUpload."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    upload_id: _builtins.str
+    """The upload id."""
+    def __init__(
+        self,
+        *,
+        upload_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["upload_id", b"upload_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetModelUploadRequest: _TypeAlias = GetModelUploadRequest  # noqa: Y015
+
+@_typing.final
+class DeleteModelUploadRequest(_message.Message):
+    """Request of DeleteModelUpload."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    upload_id: _builtins.str
+    """The upload id."""
+    def __init__(
+        self,
+        *,
+        upload_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["upload_id", b"upload_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteModelUploadRequest: _TypeAlias = DeleteModelUploadRequest  # noqa: Y015
 
 @_typing.final
 class CompleteModelUploadRequest(_message.Message):

@@ -46,6 +46,16 @@ class ModelServiceStub:
                 request_serializer=comfymesh_dot_model_dot_v1_dot_model__service__pb2.CreateModelUploadRequest.SerializeToString,
                 response_deserializer=comfymesh_dot_model_dot_v1_dot_model__service__pb2.ModelUpload.FromString,
                 _registered_method=True)
+        self.GetModelUpload = channel.unary_unary(
+                '/comfymesh.model.v1.ModelService/GetModelUpload',
+                request_serializer=comfymesh_dot_model_dot_v1_dot_model__service__pb2.GetModelUploadRequest.SerializeToString,
+                response_deserializer=comfymesh_dot_model_dot_v1_dot_model__service__pb2.ModelUpload.FromString,
+                _registered_method=True)
+        self.DeleteModelUpload = channel.unary_unary(
+                '/comfymesh.model.v1.ModelService/DeleteModelUpload',
+                request_serializer=comfymesh_dot_model_dot_v1_dot_model__service__pb2.DeleteModelUploadRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
         self.CompleteModelUpload = channel.unary_unary(
                 '/comfymesh.model.v1.ModelService/CompleteModelUpload',
                 request_serializer=comfymesh_dot_model_dot_v1_dot_model__service__pb2.CompleteModelUploadRequest.SerializeToString,
@@ -92,6 +102,21 @@ class ModelServiceServicer:
 
     def CreateModelUpload(self, request, context):
         """Starts a presigned upload for large files: PUT the bytes to `upload_url`, then CompleteModelUpload.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetModelUpload(self, request, context):
+        """Returns a presigned upload with fresh URLs and, for a multipart upload, which parts are already stored: how a
+        client resumes an interrupted upload (PUT only the missing parts, then CompleteModelUpload).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteModelUpload(self, request, context):
+        """Abandons a presigned upload and removes whatever was uploaded for it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -151,6 +176,16 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     servicer.CreateModelUpload,
                     request_deserializer=comfymesh_dot_model_dot_v1_dot_model__service__pb2.CreateModelUploadRequest.FromString,
                     response_serializer=comfymesh_dot_model_dot_v1_dot_model__service__pb2.ModelUpload.SerializeToString,
+            ),
+            'GetModelUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelUpload,
+                    request_deserializer=comfymesh_dot_model_dot_v1_dot_model__service__pb2.GetModelUploadRequest.FromString,
+                    response_serializer=comfymesh_dot_model_dot_v1_dot_model__service__pb2.ModelUpload.SerializeToString,
+            ),
+            'DeleteModelUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteModelUpload,
+                    request_deserializer=comfymesh_dot_model_dot_v1_dot_model__service__pb2.DeleteModelUploadRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'CompleteModelUpload': grpc.unary_unary_rpc_method_handler(
                     servicer.CompleteModelUpload,
@@ -238,6 +273,60 @@ class ModelService:
             '/comfymesh.model.v1.ModelService/CreateModelUpload',
             comfymesh_dot_model_dot_v1_dot_model__service__pb2.CreateModelUploadRequest.SerializeToString,
             comfymesh_dot_model_dot_v1_dot_model__service__pb2.ModelUpload.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelUpload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/comfymesh.model.v1.ModelService/GetModelUpload',
+            comfymesh_dot_model_dot_v1_dot_model__service__pb2.GetModelUploadRequest.SerializeToString,
+            comfymesh_dot_model_dot_v1_dot_model__service__pb2.ModelUpload.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteModelUpload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/comfymesh.model.v1.ModelService/DeleteModelUpload',
+            comfymesh_dot_model_dot_v1_dot_model__service__pb2.DeleteModelUploadRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,12 @@ class ModelServiceStub:
     """
     CreateModelUpload: _grpc.UnaryUnaryMultiCallable[_model_service_pb2.CreateModelUploadRequest, _model_service_pb2.ModelUpload]
     """Starts a presigned upload for large files: PUT the bytes to `upload_url`, then CompleteModelUpload."""
+    GetModelUpload: _grpc.UnaryUnaryMultiCallable[_model_service_pb2.GetModelUploadRequest, _model_service_pb2.ModelUpload]
+    """Returns a presigned upload with fresh URLs and, for a multipart upload, which parts are already stored: how a
+    client resumes an interrupted upload (PUT only the missing parts, then CompleteModelUpload).
+    """
+    DeleteModelUpload: _grpc.UnaryUnaryMultiCallable[_model_service_pb2.DeleteModelUploadRequest, _empty_pb2.Empty]
+    """Abandons a presigned upload and removes whatever was uploaded for it."""
     CompleteModelUpload: _grpc.UnaryUnaryMultiCallable[_model_service_pb2.CompleteModelUploadRequest, _model_service_pb2.Model]
     """Validates and registers a presigned upload once its bytes are in the object store."""
     ImportModel: _grpc.UnaryUnaryMultiCallable[_model_service_pb2.ImportModelRequest, _model_service_pb2.Model]
@@ -64,6 +70,12 @@ class ModelServiceAsyncStub(ModelServiceStub):
     """
     CreateModelUpload: _aio.UnaryUnaryMultiCallable[_model_service_pb2.CreateModelUploadRequest, _model_service_pb2.ModelUpload]  # type: ignore[assignment]
     """Starts a presigned upload for large files: PUT the bytes to `upload_url`, then CompleteModelUpload."""
+    GetModelUpload: _aio.UnaryUnaryMultiCallable[_model_service_pb2.GetModelUploadRequest, _model_service_pb2.ModelUpload]  # type: ignore[assignment]
+    """Returns a presigned upload with fresh URLs and, for a multipart upload, which parts are already stored: how a
+    client resumes an interrupted upload (PUT only the missing parts, then CompleteModelUpload).
+    """
+    DeleteModelUpload: _aio.UnaryUnaryMultiCallable[_model_service_pb2.DeleteModelUploadRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Abandons a presigned upload and removes whatever was uploaded for it."""
     CompleteModelUpload: _aio.UnaryUnaryMultiCallable[_model_service_pb2.CompleteModelUploadRequest, _model_service_pb2.Model]  # type: ignore[assignment]
     """Validates and registers a presigned upload once its bytes are in the object store."""
     ImportModel: _aio.UnaryUnaryMultiCallable[_model_service_pb2.ImportModelRequest, _model_service_pb2.Model]  # type: ignore[assignment]
@@ -97,6 +109,24 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_model_service_pb2.ModelUpload, _abc.Awaitable[_model_service_pb2.ModelUpload]]:
         """Starts a presigned upload for large files: PUT the bytes to `upload_url`, then CompleteModelUpload."""
+
+    @_abc_1.abstractmethod
+    def GetModelUpload(
+        self,
+        request: _model_service_pb2.GetModelUploadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_service_pb2.ModelUpload, _abc.Awaitable[_model_service_pb2.ModelUpload]]:
+        """Returns a presigned upload with fresh URLs and, for a multipart upload, which parts are already stored: how a
+        client resumes an interrupted upload (PUT only the missing parts, then CompleteModelUpload).
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteModelUpload(
+        self,
+        request: _model_service_pb2.DeleteModelUploadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Abandons a presigned upload and removes whatever was uploaded for it."""
 
     @_abc_1.abstractmethod
     def CompleteModelUpload(

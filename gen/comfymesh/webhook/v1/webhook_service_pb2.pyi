@@ -104,6 +104,9 @@ class Subscription(_message.Message):
     PROGRESS_INTERVAL_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     CIRCUIT_OPEN_FIELD_NUMBER: _builtins.int
+    DISABLED_REASON_FIELD_NUMBER: _builtins.int
+    OLD_SECRET_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
     subscription_id: _builtins.str
     """The subscription id."""
     url: _builtins.str
@@ -114,6 +117,8 @@ class Subscription(_message.Message):
     """The tenant."""
     circuit_open: _builtins.bool
     """Whether the endpoint's circuit breaker is open (deliveries paused after repeated failures)."""
+    disabled_reason: _builtins.str
+    """Why the subscription was disabled by the service (e.g. the endpoint answered 410 Gone); empty otherwise."""
     @_builtins.property
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[Global___EventType.ValueType]:
         """Which events (empty = every terminal event)."""
@@ -126,6 +131,14 @@ class Subscription(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was created."""
 
+    @_builtins.property
+    def old_secret_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """While a rotated secret still signs alongside the current one: when it stops."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was last changed."""
+
     def __init__(
         self,
         *,
@@ -137,10 +150,13 @@ class Subscription(_message.Message):
         progress_interval: _duration_pb2.Duration | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         circuit_open: _builtins.bool = ...,
+        disabled_reason: _builtins.str = ...,
+        old_secret_expire_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "progress_interval", b"progress_interval"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "old_secret_expire_time", b"old_secret_expire_time", "progress_interval", b"progress_interval", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit_open", b"circuit_open", "create_time", b"create_time", "disabled", b"disabled", "event_types", b"event_types", "progress_interval", b"progress_interval", "subscription_id", b"subscription_id", "tenant", b"tenant", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit_open", b"circuit_open", "create_time", b"create_time", "disabled", b"disabled", "disabled_reason", b"disabled_reason", "event_types", b"event_types", "old_secret_expire_time", b"old_secret_expire_time", "progress_interval", b"progress_interval", "subscription_id", b"subscription_id", "tenant", b"tenant", "update_time", b"update_time", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -162,6 +178,10 @@ class Delivery(_message.Message):
     NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     PAYLOAD_JSON_FIELD_NUMBER: _builtins.int
+    ATTEMPT_COUNT_FIELD_NUMBER: _builtins.int
+    LAST_HTTP_STATUS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    LAST_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
     delivery_id: _builtins.str
     """The delivery id; also the `webhook-id` header, stable across attempts."""
     subscription_id: _builtins.str
@@ -176,6 +196,12 @@ class Delivery(_message.Message):
     """The state."""
     payload_json: _builtins.str
     """The JSON payload."""
+    attempt_count: _builtins.int
+    """HTTP attempts made so far (all rounds; RedeliverWebhook starts a new round of the retry schedule)."""
+    last_http_status: _builtins.int
+    """The HTTP status of the last attempt (0 when none, or no response)."""
+    last_error: _builtins.str
+    """The error of the last attempt, when it failed."""
     @_builtins.property
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeliveryAttempt]:
         """Attempts so far."""
@@ -187,6 +213,10 @@ class Delivery(_message.Message):
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was created."""
+
+    @_builtins.property
+    def last_attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """When the last attempt was made."""
 
     def __init__(
         self,
@@ -201,10 +231,14 @@ class Delivery(_message.Message):
         next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         payload_json: _builtins.str = ...,
+        attempt_count: _builtins.int = ...,
+        last_http_status: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        last_attempt_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "next_attempt_time", b"next_attempt_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_attempt_time", b"last_attempt_time", "next_attempt_time", b"next_attempt_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "create_time", b"create_time", "delivery_id", b"delivery_id", "event_type", b"event_type", "execution_id", b"execution_id", "next_attempt_time", b"next_attempt_time", "payload_json", b"payload_json", "state", b"state", "subscription_id", b"subscription_id", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_count", b"attempt_count", "attempts", b"attempts", "create_time", b"create_time", "delivery_id", b"delivery_id", "event_type", b"event_type", "execution_id", b"execution_id", "last_attempt_time", b"last_attempt_time", "last_error", b"last_error", "last_http_status", b"last_http_status", "next_attempt_time", b"next_attempt_time", "payload_json", b"payload_json", "state", b"state", "subscription_id", b"subscription_id", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -597,3 +631,42 @@ class RedeliverWebhookRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RedeliverWebhookRequest: _TypeAlias = RedeliverWebhookRequest  # noqa: Y015
+
+@_typing.final
+class GetWebhookSigningSecretRequest(_message.Message):
+    """Request of GetWebhookSigningSecret."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWebhookSigningSecretRequest: _TypeAlias = GetWebhookSigningSecretRequest  # noqa: Y015
+
+@_typing.final
+class WebhookSigningSecret(_message.Message):
+    """The secret that signs deliveries to per-execution webhook URLs of the caller's tenant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SECRET_FIELD_NUMBER: _builtins.int
+    secret: _builtins.str
+    """The secret ("whsec_..."), for the `standardwebhooks` verifier (or any Standard Webhooks library)."""
+    def __init__(
+        self,
+        *,
+        secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["secret", b"secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookSigningSecret: _TypeAlias = WebhookSigningSecret  # noqa: Y015

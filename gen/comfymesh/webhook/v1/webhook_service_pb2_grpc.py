@@ -81,6 +81,11 @@ class WebhookServiceStub:
                 request_serializer=comfymesh_dot_webhook_dot_v1_dot_webhook__service__pb2.RedeliverWebhookRequest.SerializeToString,
                 response_deserializer=comfymesh_dot_webhook_dot_v1_dot_webhook__service__pb2.Delivery.FromString,
                 _registered_method=True)
+        self.GetWebhookSigningSecret = channel.unary_unary(
+                '/comfymesh.webhook.v1.WebhookService/GetWebhookSigningSecret',
+                request_serializer=comfymesh_dot_webhook_dot_v1_dot_webhook__service__pb2.GetWebhookSigningSecretRequest.SerializeToString,
+                response_deserializer=comfymesh_dot_webhook_dot_v1_dot_webhook__service__pb2.WebhookSigningSecret.FromString,
+                _registered_method=True)
 
 
 class WebhookServiceServicer:
@@ -150,6 +155,13 @@ class WebhookServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetWebhookSigningSecret(self, request, context):
+        """Returns the tenant's secret that signs deliveries to per-execution `webhook_url`s (subscriptions have their own).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WebhookServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -197,6 +209,11 @@ def add_WebhookServiceServicer_to_server(servicer, server):
                     servicer.RedeliverWebhook,
                     request_deserializer=comfymesh_dot_webhook_dot_v1_dot_webhook__service__pb2.RedeliverWebhookRequest.FromString,
                     response_serializer=comfymesh_dot_webhook_dot_v1_dot_webhook__service__pb2.Delivery.SerializeToString,
+            ),
+            'GetWebhookSigningSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWebhookSigningSecret,
+                    request_deserializer=comfymesh_dot_webhook_dot_v1_dot_webhook__service__pb2.GetWebhookSigningSecretRequest.FromString,
+                    response_serializer=comfymesh_dot_webhook_dot_v1_dot_webhook__service__pb2.WebhookSigningSecret.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -443,6 +460,33 @@ class WebhookService:
             '/comfymesh.webhook.v1.WebhookService/RedeliverWebhook',
             comfymesh_dot_webhook_dot_v1_dot_webhook__service__pb2.RedeliverWebhookRequest.SerializeToString,
             comfymesh_dot_webhook_dot_v1_dot_webhook__service__pb2.Delivery.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWebhookSigningSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/comfymesh.webhook.v1.WebhookService/GetWebhookSigningSecret',
+            comfymesh_dot_webhook_dot_v1_dot_webhook__service__pb2.GetWebhookSigningSecretRequest.SerializeToString,
+            comfymesh_dot_webhook_dot_v1_dot_webhook__service__pb2.WebhookSigningSecret.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,8 @@ class WebhookServiceStub:
     """Returns one delivery with its attempts."""
     RedeliverWebhook: _grpc.UnaryUnaryMultiCallable[_webhook_service_pb2.RedeliverWebhookRequest, _webhook_service_pb2.Delivery]
     """Schedules a delivery again (e.g. one in the dead-letter state), keeping its webhook-id."""
+    GetWebhookSigningSecret: _grpc.UnaryUnaryMultiCallable[_webhook_service_pb2.GetWebhookSigningSecretRequest, _webhook_service_pb2.WebhookSigningSecret]
+    """Returns the tenant's secret that signs deliveries to per-execution `webhook_url`s (subscriptions have their own)."""
 
 @_typing.type_check_only
 class WebhookServiceAsyncStub(WebhookServiceStub):
@@ -76,6 +78,8 @@ class WebhookServiceAsyncStub(WebhookServiceStub):
     """Returns one delivery with its attempts."""
     RedeliverWebhook: _aio.UnaryUnaryMultiCallable[_webhook_service_pb2.RedeliverWebhookRequest, _webhook_service_pb2.Delivery]  # type: ignore[assignment]
     """Schedules a delivery again (e.g. one in the dead-letter state), keeping its webhook-id."""
+    GetWebhookSigningSecret: _aio.UnaryUnaryMultiCallable[_webhook_service_pb2.GetWebhookSigningSecretRequest, _webhook_service_pb2.WebhookSigningSecret]  # type: ignore[assignment]
+    """Returns the tenant's secret that signs deliveries to per-execution `webhook_url`s (subscriptions have their own)."""
 
 class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
     """Signed, retried webhook deliveries (Standard Webhooks) with a delivery log and a dead-letter state."""
@@ -151,5 +155,13 @@ class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_webhook_service_pb2.Delivery, _abc.Awaitable[_webhook_service_pb2.Delivery]]:
         """Schedules a delivery again (e.g. one in the dead-letter state), keeping its webhook-id."""
+
+    @_abc_1.abstractmethod
+    def GetWebhookSigningSecret(
+        self,
+        request: _webhook_service_pb2.GetWebhookSigningSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_webhook_service_pb2.WebhookSigningSecret, _abc.Awaitable[_webhook_service_pb2.WebhookSigningSecret]]:
+        """Returns the tenant's secret that signs deliveries to per-execution `webhook_url`s (subscriptions have their own)."""
 
 def add_WebhookServiceServicer_to_server(servicer: WebhookServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,1 @@
+"""Network egress helpers shared by the executor and the control plane (the SSRF guard for server-side fetches)."""
