@@ -219,7 +219,8 @@ class Dispatcher:
                 return
             attempt = Attempt(lease, record, JobNeeds(frozenset(lease.job.required_node_classes),
                                                       tuple(lease.job.model_names),
-                                                      lease.job.vram_estimate_bytes))
+                                                      lease.job.vram_estimate_bytes),
+                              avoid=await self._registry.avoided(lease.job.job_id) if lease.job.attempt > 1 else [])
             renewer = asyncio.create_task(self._renew(attempt))
             await self._attempt(attempt)
         except SettledError:
@@ -334,8 +335,10 @@ class Dispatcher:
         stub = self._executors.stub(executor.address)
         started = time.monotonic()
         terminal: pb.ExecutionEvent | None = None
+        received = 0
         try:
             async for event in stub.Execute(request):
+                received += 1
                 if attempt.lost.is_set():
                     await self._interrupt_quietly(stub, attempt.execution_id)
                     raise LeaseLostError
@@ -359,6 +362,13 @@ class Dispatcher:
         except grpc.aio.AioRpcError as exc:
             error = from_rpc_error(exc)
             if terminal is None and str(error.reason) in _BUSY_REASONS:
+                return False
+            if received == 0 and exc.code() == grpc.StatusCode.UNAVAILABLE:
+                # Unreachable before it took the job: not an attempt. Forget the executor (a live one answers its
+                # next heartbeat with known=false and registers again) and place the job elsewhere.
+                log.warning("executor %s unreachable: %s", executor.executor_id, error.message)
+                await self._registry.deregister(executor.executor_id)
+                self.fleet_changed()
                 return False
             await self._settle_retry(attempt, _status(
                 Reason.EXECUTOR_LOST, f"executor {executor.executor_id} stopped answering: {error.message}",
@@ -409,6 +419,8 @@ class Dispatcher:
     async def _settle_retry(self, attempt: Attempt | None, error: status_pb2.Status) -> None:
         if attempt is None:
             return
+        if attempt.executor is not None:  # the next attempt goes elsewhere when it can
+            await self._registry.avoid(attempt.execution_id, attempt.executor.executor_id)
         job = await self._complete(attempt.lease, qpb.COMPLETION_OUTCOME_RETRY, error)
         if job.state == qpb.JOB_STATE_QUEUED:
             await self._lifecycle.retrying(attempt.execution_id, attempt.number, error)

@@ -243,6 +243,18 @@ class ExecutorRegistry:
         values = await self._redis.mget([f"{self._ns}:reserved:{e}" for e in executor_ids])
         return {e: as_text(v) for e, v in zip(executor_ids, values, strict=True) if v is not None}
 
+    # --- Where an execution's earlier attempts failed (placement tries other executors first) ---
+
+    async def avoid(self, execution_id: str, executor_id: str) -> None:
+        key = f"{self._ns}:avoid:{execution_id}"
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.sadd(key, executor_id)
+        pipe.expire(key, 24 * 3600)
+        await pipe.execute()
+
+    async def avoided(self, execution_id: str) -> list[str]:
+        return sorted(as_text(m) for m in await self._redis.smembers(f"{self._ns}:avoid:{execution_id}"))
+
     async def counts(self) -> FleetCounts:
         live = await self.live()
         reserved = await self.reserved([e.executor_id for e in live])

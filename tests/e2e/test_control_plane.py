@@ -99,7 +99,7 @@ def _reason(error: grpc.RpcError) -> str:
 
 
 def test_rest_submit_watch_and_download(http: httpx.Client) -> None:
-    submitted = _submit(http, image_graph(width=40, height=24), labels={"suite": "e2e"})
+    submitted = _submit(http, image_graph(width=40, height=24), labels={"suite": "control-plane"})
     assert submitted["state"] == "EXECUTION_STATE_QUEUED" and len(submitted["id"]) == 32
     events = _watch(http, submitted["id"])
     kinds = [_kind(e) for e in events]
