@@ -1,8 +1,10 @@
 """Running one ExecuteRequest: inputs in, the graph through the supervised worker, outputs to the object store.
 
-One execution at a time per device: a second Execute while one runs is refused with EXECUTOR_BUSY (the scheduler
-must not double-book). Execute is idempotent per (execution id, attempt): a repeat replays the recorded events of
-that attempt, following it live if it is still running.
+One execution at a time per device: a second Execute while one runs (or while models are being prefetched) is
+refused with EXECUTOR_BUSY (the scheduler must not double-book), and every Execute is refused with
+EXECUTOR_DRAINING once the executor drains. Execute is idempotent per (execution id, attempt): a repeat replays the
+recorded events of that attempt, following it live if it is still running. An Execute that arrives while the
+executor is still starting (worker, preloading, warm-up) waits for it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import logging
 import mimetypes
 import shutil
 import time
@@ -28,14 +31,17 @@ from comfymesh.executor.v1 import executor_service_pb2
 from gpu_executor.engine import events
 from gpu_executor.events_proto import to_proto
 from gpu_executor.io.inputs import InputSpec, materialize_inputs
+from gpu_executor.model_tiers.state import PrefetchOutcome
 from gpu_executor.worker.child import Job
 from gpu_executor.worker.supervisor import WorkerLost, WorkerSupervisor, failure_of
-from service_runtime.errors import FieldViolation, Reason, ServiceError, invalid_argument
+from service_runtime.errors import FieldViolation, Reason, ServiceError, invalid_argument, not_found, unavailable
 from service_runtime.object_store import ObjectStore
 from service_runtime.settings import Settings
 from service_runtime.transport.graph_codec import graph_from_proto
 
 REPLAY_ATTEMPTS_KEPT = 32
+STARTUP_WAIT_SECONDS = 600.0
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,7 +78,87 @@ class ExecutionRunner:
         self.store = store
         self.current: tuple[str, int] | None = None
         self.completed = 0
+        self.prefetching = False
+        self.draining = False
+        self.started = asyncio.Event()  # the worker is up and warm-up and preloading are done
+        self.startup_error: str | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._interrupted_early: set[tuple[str, int]] = set()
         self._logs: OrderedDict[tuple[str, int], AttemptLog] = OrderedDict()
+
+    @property
+    def busy(self) -> bool:
+        return self.current is not None or self.prefetching
+
+    def startup_finished(self, error: str | None = None) -> None:
+        self.startup_error = error
+        self.started.set()
+
+    async def wait_started(self, limit: float = STARTUP_WAIT_SECONDS) -> None:
+        """Returns once the executor has started; UNAVAILABLE when it could not."""
+        try:
+            await asyncio.wait_for(self.started.wait(), limit)
+        except TimeoutError:
+            raise unavailable("the executor is still starting") from None
+        if self.startup_error is not None:
+            raise unavailable(f"the executor failed to start: {self.startup_error}")
+
+    async def wait_idle(self, limit: float) -> bool:
+        """Waits until no execution runs (True), or `limit` seconds (False)."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), limit)
+        except TimeoutError:
+            return False
+        return True
+
+    def _refuse_new_work(self) -> None:
+        if self.draining:
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, Reason.EXECUTOR_DRAINING,
+                               "this executor is draining and takes no new work")
+        if self.current is not None:
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, Reason.EXECUTOR_BUSY,
+                               f"this executor is running execution {self.current[0]}",
+                               {"running_execution_id": self.current[0]})
+        if self.prefetching:
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, Reason.EXECUTOR_BUSY,
+                               "this executor is loading models (PrefetchModels)")
+
+    async def prefetch(self, names: tuple[str, ...], tier: str) -> PrefetchOutcome:
+        """Brings models to a tier in the worker; refused while an execution runs or the executor drains."""
+        self._refuse_new_work()
+        self.prefetching = True
+        try:
+            await self.wait_started()
+            outcome = await self.supervisor.prefetch(names, tier)
+        finally:
+            self.prefetching = False
+        if outcome.missing:
+            raise not_found(f"no model named {', '.join(repr(n) for n in outcome.missing)} in the models directory, "
+                            "the disk cache or the models bucket", Reason.MODEL_NOT_FOUND,
+                            model_names=",".join(outcome.missing))
+        if outcome.error:
+            code = getattr(grpc.StatusCode, outcome.error_code, grpc.StatusCode.FAILED_PRECONDITION)
+            reason = Reason(outcome.error_reason) if outcome.error_reason in Reason.__members__ \
+                else Reason.MODEL_FILE_INVALID
+            raise ServiceError(code, reason, f"loading the models failed: {outcome.error}")
+        return outcome
+
+    async def warm_up(self, prompt: Any) -> events.Event | WorkerLost | None:
+        """Runs a graph once in the worker (at start, before the executor joins the fleet); outputs are dropped."""
+        workdir = self.settings.home.resolve() / "executions" / "warm-up"
+        dirs = {name: workdir / name for name in ("input", "output", "temp")}
+        for directory in dirs.values():
+            directory.mkdir(parents=True, exist_ok=True)
+        job = Job(uuid.uuid4().hex, "warm-up", 1, prompt, dirs["output"], dirs["temp"], dirs["input"], {})
+        final: events.Event | WorkerLost | None = None
+        try:
+            async for item in self.supervisor.run(job):
+                if isinstance(item, (WorkerLost, *events.TERMINAL)):
+                    final = item
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return final
 
     @property
     def outputs_bucket(self) -> str:
@@ -90,15 +176,13 @@ class ExecutionRunner:
             async for event in self._follow(log):
                 yield event
             return
-        if self.current is not None:
-            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, Reason.EXECUTOR_BUSY,
-                               f"this executor is running execution {self.current[0]}",
-                               {"running_execution_id": self.current[0]})
+        self._refuse_new_work()
         log = AttemptLog()
         self._logs[key] = log
         while len(self._logs) > REPLAY_ATTEMPTS_KEPT:
             self._logs.popitem(last=False)
         self.current = key
+        self._idle.clear()
         task = asyncio.create_task(self._run(request, log))
         try:
             async for event in self._follow(log):
@@ -143,6 +227,10 @@ class ExecutionRunner:
 
         deadline_task: asyncio.Task[None] | None = None
         try:
+            await self.wait_started()
+            if key in self._interrupted_early:  # interrupted while the executor was still starting
+                await emit(events.Cancelled(""), final=True)
+                return
             prompt = graph_from_proto(request.graph)
             dirs = {name: workdir / name for name in ("input", "output", "temp")}
             for directory in dirs.values():
@@ -176,6 +264,8 @@ class ExecutionRunner:
                 deadline_task.cancel()
             self.completed += 1
             self.current = None if self.current == key else self.current
+            if self.current is None:
+                self._idle.set()
             async with log.changed:
                 log.done = True
                 log.changed.notify_all()
@@ -188,11 +278,15 @@ class ExecutionRunner:
     def interrupt(self, execution_id: str) -> bool:
         if self.current is None or (execution_id and execution_id != self.current[0]):
             return False
+        if not self.started.is_set():
+            self._interrupted_early.add(self.current)
         self.supervisor.interrupt()
         return True
 
     async def _upload(self, request: executor_service_pb2.ExecuteRequest, final: events.Succeeded,
                       output_dir: Path, temp_dir: Path) -> list[pb.OutputFile]:
+        if not final.outputs:
+            return []
         if self.store is None:
             raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, Reason.BACKEND_UNAVAILABLE,
                                "no object store is configured for outputs (COMFYMESH_S3_ENDPOINT)")

@@ -17,12 +17,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from gpu_executor.diffusion.text.conditioning import configure_tokenizer_dir
-from gpu_executor.engine import runtime
-from gpu_executor.engine.console import ConsoleSink
-from gpu_executor.engine.engine import Engine, ExecutionRequest
-from gpu_executor.engine.events import Cancelled, Failed, Succeeded
-from gpu_executor.engine.registry import build_registry
 from service_runtime.settings import get_settings
 
 EXIT_OK, EXIT_NODE_FAILED, EXIT_INVALID, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -58,6 +52,14 @@ def _input_files(directory: Path | None) -> dict[str, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: `python -m gpu_executor serve` shares this module's argument parser and must not load torch.
+    from gpu_executor.diffusion.text.conditioning import configure_tokenizer_dir
+    from gpu_executor.engine import runtime
+    from gpu_executor.engine.console import ConsoleSink
+    from gpu_executor.engine.engine import Engine, ExecutionRequest
+    from gpu_executor.engine.events import Cancelled, Failed, Succeeded
+    from gpu_executor.engine.registry import build_registry
+
     try:
         prompt = _load_graph(args.graph)
     except (OSError, ValueError) as exc:

@@ -15,6 +15,11 @@ class Placement:
     vae_dtype: torch.dtype  # the VAE stays fp32 on fp16 cards: fp16 VAEs overflow into NaNs (black images)
 
 
+def device_kind() -> str:
+    """"cuda" or "cpu": where choose_placement will put models, without initialising CUDA."""
+    return "cuda" if os.environ.get("COMFYMESH_DEVICE", "").lower() != "cpu" and torch.cuda.is_available() else "cpu"
+
+
 def choose_placement() -> Placement:
     """COMFYMESH_DEVICE=cpu forces the CPU (tests, or a machine whose GPU belongs to something else)."""
     if os.environ.get("COMFYMESH_DEVICE", "").lower() != "cpu" and torch.cuda.is_available():

@@ -8,15 +8,18 @@ checkpoint is never changed for good, and two graphs using the same checkpoint w
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from gpu_executor.diffusion import model_cache
 from gpu_executor.diffusion.devices import Placement, choose_placement
-from gpu_executor.diffusion.model_cache import ModelCache, file_key
+from gpu_executor.diffusion.model_cache import ModelCache, file_key, read_state_dict
 from gpu_executor.diffusion.models.controlnet import LoadedControlNet, load_controlnet
 from gpu_executor.diffusion.models.detection import Architecture
 from gpu_executor.diffusion.models.loader import LoadedCheckpoint, load_checkpoint, load_clip, load_unet, load_vae
@@ -33,7 +36,7 @@ class _Patched:
         self.applied: tuple[LoraSpec, ...] = ()
         self.lock = threading.Lock()
 
-    def activate(self, loras: tuple[LoraSpec, ...], files: dict[str, LoraFile], *, unet: bool) -> None:
+    def activate(self, loras: tuple[LoraSpec, ...], files: Mapping[str, LoraFile], *, unet: bool) -> None:
         if loras == self.applied:
             return
         self.patcher.unapply()
@@ -62,21 +65,56 @@ def _move(value: LoadedModels, device: torch.device) -> None:
         module.to(device)
 
 
-class ModelStore:
-    """Loaded models by file identity; shared by every execution in the executor process."""
+def _host_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 16 << 30
 
-    def __init__(self, placement: Placement | None = None, ram_budget_bytes: int = 48 << 30,
-                 device_budget_bytes: int = 20 << 30) -> None:
+
+class _LoraFiles(Mapping[str, LoraFile]):
+    """LoRA files by resolved path, (re)loaded through the store when the RAM budget dropped one."""
+
+    def __init__(self, store: ModelStore) -> None:
+        self._store = store
+
+    def __getitem__(self, key: str) -> LoraFile:
+        path = Path(key)
+        held: LoraFile | None = self._store.cache.peek(file_key(path, "lora"))
+        return held if held is not None else self._store.lora(path)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([str(k[0]) for k in self._store.cache.keys() if k[-1] == "lora"])  # noqa: SIM118 - a method
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+# Folders whose files the store can load as modules; files of other folders load as state dicts (raw tensors).
+MODULE_FOLDERS = ("checkpoints", "unet", "diffusion_models", "vae", "clip", "text_encoders", "controlnet", "loras")
+
+
+class ModelStore:
+    """Loaded models by file identity; shared by every execution in the executor process (the RAM and GPU tiers)."""
+
+    def __init__(self, placement: Placement | None = None, ram_budget_bytes: int | None = None,
+                 device_budget_bytes: int | None = None) -> None:
+        """Budgets default to half the host's RAM and 80% of the device's memory."""
         self.placement = placement or choose_placement()
+        if ram_budget_bytes is None:
+            ram_budget_bytes = _host_memory_bytes() // 2
+        if device_budget_bytes is None:
+            device_budget_bytes = (int(torch.cuda.get_device_properties(self.placement.device).total_memory * 0.8)
+                                   if self.placement.device.type == "cuda" else 0)
         self.cache = ModelCache(self.placement.device, device_budget_bytes, ram_budget_bytes)
-        self._loras: dict[str, LoraFile] = {}
         # On a GPU, models load into RAM and move to device memory when used (and back, under the budget).
         self.load_device = torch.device("cpu") if self.placement.device.type == "cuda" else self.placement.device
+        self._direct = self.placement.device.type != "cpu"  # VAEs, text encoders, ControlNets load on the device
 
     def ensure_on_device(self, models: LoadedModels) -> None:
         """Brings a checkpoint's modules to the compute device, moving least recently used ones back to RAM."""
         if models.key:
-            self.cache.to_device(models.key, _move)
+            self.cache.to_device(models.key, _move, models)
 
     def checkpoint(self, path: Path) -> LoadedModels:
         key = file_key(path, "checkpoint")
@@ -106,29 +144,61 @@ class ModelStore:
 
     def vae(self, path: Path, scale: float) -> Any:
         return self.cache.get_or_load(file_key(path, "vae"), lambda: load_vae(
-            path, device=self.placement.device, dtype=self.placement.vae_dtype, scaling_factor=scale))
+            path, device=self.placement.device, dtype=self.placement.vae_dtype, scaling_factor=scale),
+            on_device=self._direct)
 
     def clip(self, path: Path, kind: str | None) -> Any:
         return self.cache.get_or_load(file_key(path, "clip", kind), lambda: load_clip(
-            path, kind, device=self.placement.device, dtype=self.placement.dtype))
+            path, kind, device=self.placement.device, dtype=self.placement.dtype), on_device=self._direct)
 
     def controlnet(self, path: Path) -> LoadedControlNet:
         value: LoadedControlNet = self.cache.get_or_load(file_key(path, "controlnet"), lambda: load_controlnet(
-            path, device=self.placement.device, dtype=self.placement.dtype))
+            path, device=self.placement.device, dtype=self.placement.dtype), on_device=self._direct)
         return value
 
     def lora(self, path: Path) -> LoraFile:
-        key = str(path.resolve())
-        if key not in self._loras:
-            self._loras[key] = load_lora(path)
-        return self._loras[key]
+        value: LoraFile = self.cache.get_or_load(file_key(path, "lora"), lambda: load_lora(path))
+        return value
 
-    def lora_files(self) -> dict[str, LoraFile]:
-        return self._loras
+    def lora_files(self) -> Mapping[str, LoraFile]:
+        return _LoraFiles(self)
+
+    def state_dict(self, path: Path) -> dict[str, torch.Tensor]:
+        """A model file of a folder without a module loader (upscale models, embeddings, ...), as raw tensors."""
+        value: dict[str, torch.Tensor] = self.cache.get_or_load(file_key(path, "state_dict"),
+                                                                lambda: read_state_dict(path))
+        return value
+
+    def preload(self, folder: str, path: Path, *, to_device: bool) -> None:
+        """Loads a model file the way its folder's loader node would (PrefetchModels, preloading), and moves it to
+        the compute device when asked and it can move."""
+        if folder == "checkpoints":
+            models = self.checkpoint(path)
+        elif folder in ("unet", "diffusion_models"):
+            models = self.unet(path)
+        else:
+            if folder == "vae":
+                self.vae(path, 0.18215)
+            elif folder in ("clip", "text_encoders"):
+                self.clip(path, None)
+            elif folder == "controlnet":
+                self.controlnet(path)
+            elif folder == "loras":
+                self.lora(path)
+            else:
+                self.state_dict(path)
+            return
+        if to_device:
+            self.ensure_on_device(models)
 
 
 _store: ModelStore | None = None
 _store_lock = threading.Lock()
+
+
+def current_store() -> ModelStore | None:
+    """The store if something created it (nothing is loaded otherwise)."""
+    return _store
 
 
 def model_store() -> ModelStore:
@@ -136,7 +206,8 @@ def model_store() -> ModelStore:
     global _store
     with _store_lock:
         if _store is None:
-            _store = ModelStore()
+            _store = ModelStore(ram_budget_bytes=model_cache.budgets.get("ram"),
+                                device_budget_bytes=model_cache.budgets.get("device"))
         return _store
 
 

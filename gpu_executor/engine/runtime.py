@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 
 class ExecutionInterrupted(Exception):  # noqa: N818 - the name says what happened, like ComfyUI's
@@ -121,22 +121,69 @@ def bind_models_root(root: Path | None) -> contextvars.Token[Mapping[str, tuple[
     return _model_dirs.set(folders)
 
 
-def list_models(folder: str) -> list[str]:
-    """Model files of a folder, as names relative to it (subfolders with "/"), sorted; empty when unbound."""
+class ModelSource(Protocol):
+    """Where model files come from besides the bound folders (the executor's disk cache and object store)."""
+
+    def names(self, folder: str) -> list[str]:
+        """Names this source can provide in a folder."""
+        ...
+
+    def path(self, folder: str, name: str) -> Path | None:
+        """The local file for a name the folders lack (may download it), or None when the source has none."""
+        ...
+
+    def used_local(self, folder: str, name: str, path: Path) -> None:
+        """A name was found in the bound folders (for the source's statistics and reports)."""
+        ...
+
+
+_source: ModelSource | None = None
+
+
+def set_model_source(source: ModelSource | None) -> None:
+    """Process-wide (the executor's worker sets it once): consulted after the bound folders."""
+    global _source
+    _source = source
+
+
+def _local_models(folder: str) -> set[str]:
     names: set[str] = set()
     for directory in _model_dirs.get().get(folder, ()):
         if directory.is_dir():
             names.update(str(p.relative_to(directory)) for p in directory.rglob("*")
                          if p.is_file() and p.suffix.lower() in MODEL_EXTENSIONS)
+    return names
+
+
+def list_models(folder: str) -> list[str]:
+    """Model files of a folder, as names relative to it (subfolders with "/"), sorted; with the model source's
+    names (models it can fetch) when one is set; empty when nothing is bound."""
+    names = _local_models(folder)
+    if _source is not None:
+        names.update(_source.names(folder))
     return sorted(names)
 
 
-def model_path(folder: str, name: str) -> Path:
-    """The file for a model name; refuses names that escape the folder."""
+def local_model_path(folder: str, name: str) -> Path | None:
+    """The file for a model name in the bound folders, or None; refuses names that escape the folder."""
     for directory in _model_dirs.get().get(folder, ()):
         # Lexical check, not resolve(): operators often symlink model files from shared storage, and that is fine;
         # what is refused is a *name* that climbs out of the folder ("../../etc/passwd").
         candidate = Path(os.path.normpath(directory / name))
         if candidate.is_relative_to(Path(os.path.normpath(directory))) and candidate.is_file():
             return candidate
+    return None
+
+
+def model_path(folder: str, name: str) -> Path:
+    """The file for a model name: the bound folders first, then the model source (which may download it)."""
+    local = local_model_path(folder, name)
+    if local is not None:
+        if _source is not None:
+            _source.used_local(folder, name, local)
+        return local
+    if _source is not None:
+        fetched = _source.path(folder, name)
+        if fetched is not None:
+            return fetched
     raise FileNotFoundError(f"model {name!r} not found in {folder}")

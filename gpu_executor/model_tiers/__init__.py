@@ -5,10 +5,11 @@ index that survives restarts); `ObjectStoreTier` streams objects from S3 into it
 together behind `local_path` and reports per-tier statistics and Prometheus metrics.
 """
 
-from gpu_executor.model_tiers.cache import ModelFileCache, TierStats
+from gpu_executor.model_tiers.cache import ModelFileCache
 from gpu_executor.model_tiers.disk import DiskEntry, DiskTier
 from gpu_executor.model_tiers.metrics import ModelTierMetrics, model_tier_metrics
 from gpu_executor.model_tiers.object_store import FetchResult, ObjectStoreTier
+from gpu_executor.model_tiers.state import TierStats
 
 __all__ = [
     "DiskEntry",

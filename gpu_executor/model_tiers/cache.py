@@ -23,24 +23,8 @@ from pathlib import Path
 from gpu_executor.model_tiers.disk import DiskTier
 from gpu_executor.model_tiers.metrics import ModelTierMetrics, model_tier_metrics
 from gpu_executor.model_tiers.object_store import ObjectStoreTier
+from gpu_executor.model_tiers.state import TierStats
 from service_runtime.errors import Reason, ServiceError
-
-
-@dataclass(frozen=True)
-class TierStats:
-    tier: str
-    hits: int
-    misses: int
-    bytes_loaded: int
-    load_seconds: float
-    bytes_used: int
-    bytes_capacity: int
-    errors: int = 0
-
-    @property
-    def hit_rate(self) -> float:
-        total = self.hits + self.misses
-        return self.hits / total if total else 0.0
 
 
 @dataclass

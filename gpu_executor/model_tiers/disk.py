@@ -97,6 +97,19 @@ def _sync_chunks(source: SyncSource) -> Iterator[bytes]:
         yield from source
 
 
+PARALLEL_HASH_BYTES = 256 << 10
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _hash_pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="disk-tier-hash")
+        return _pool
+
+
 class _TempWriter:
     """One download into a temp file next to its final path; `write`, `commit` and `abort` are serialized, so an
     abort (e.g. from a cancelled task) never races a write still running in a worker thread."""
@@ -119,8 +132,15 @@ class _TempWriter:
             if self.written + len(chunk) > self.size:
                 raise checksum_mismatch(self.sha256, f"more than the expected {self.size} bytes for {self.sha256}",
                                         expected_size=str(self.size))
-            self._file.write(chunk)
-            self._hash.update(chunk)
+            if len(chunk) >= PARALLEL_HASH_BYTES:  # hash on another thread while this one writes (both drop the GIL)
+                hashing = _hash_pool().submit(self._hash.update, chunk)
+                try:
+                    self._file.write(chunk)
+                finally:
+                    hashing.result()
+            else:
+                self._file.write(chunk)
+                self._hash.update(chunk)
             self.written += len(chunk)
 
     def commit(self) -> Path:

@@ -1,13 +1,15 @@
 """The object-store tier: model files in an S3 bucket, streamed into the disk tier chunk by chunk.
 
-The object is never held whole in memory: `ObjectStore.iter_chunks` yields 1 MiB chunks that the disk tier hashes
-and writes as they arrive. A stat first turns a missing key into RESOURCE_NOT_FOUND and a size that cannot match
-into MODEL_CHECKSUM_MISMATCH before the disk tier evicts anything to make room.
+The object is never held whole in memory: `ObjectStore.iter_chunks` yields chunks (1 MiB by default) that the disk
+tier hashes and writes as they arrive, while the next few are read from the network. A stat first turns a missing
+key into RESOURCE_NOT_FOUND and a size that cannot match into MODEL_CHECKSUM_MISMATCH before the disk tier evicts
+anything to make room.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
@@ -16,6 +18,8 @@ from pathlib import Path
 
 from gpu_executor.model_tiers.disk import DiskTier, checksum_mismatch
 from service_runtime.object_store import CHUNK_SIZE, ObjectStore
+
+READ_AHEAD = 4  # chunks read from the network while the disk tier hashes and writes the current one
 
 
 @dataclass(frozen=True)
@@ -62,13 +66,36 @@ class ObjectStoreTier:
         return FetchResult(path, transfer.bytes, time.perf_counter() - start, transfer.started)
 
     async def _chunks(self, key: str, transfer: _Transfer) -> AsyncGenerator[bytes, None]:
+        """The object's chunks, read ahead of the consumer (up to READ_AHEAD chunks), so the network read of the
+        next chunks overlaps the hashing and writing of this one."""
         transfer.started = True
         chunks: AsyncIterator[bytes] = self.store.iter_chunks(self.bucket, key, self._chunk_size)
+        queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(READ_AHEAD)
+
+        async def produce() -> None:
+            try:
+                async for chunk in chunks:
+                    await queue.put(chunk)
+                await queue.put(None)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+                await queue.put(exc)
+
+        producer = asyncio.create_task(produce())
         try:
-            async for chunk in chunks:
-                transfer.bytes += len(chunk)
-                yield chunk
+            while True:
+                item = await queue.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                transfer.bytes += len(item)
+                yield item
         finally:
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
             aclose = getattr(chunks, "aclose", None)  # an async generator: releases the HTTP connection now
             if aclose is not None:
                 await aclose()

@@ -120,9 +120,13 @@ class ExecutionSubmitter:
     async def _uploaded_models(self, graph: Graph) -> dict[str, set[str]] | None:
         """The caller's models in ModelService when the graph has a loader input (None: none needed, or the model
         service is unreachable — then the executors' own lists decide)."""
-        if self._models is None or not any(
-                is_model_input(name) for node in graph.values() if isinstance(node, dict)
-                for name in (node.get("inputs") or {})):
+        if not any(is_model_input(name) for node in graph.values() if isinstance(node, dict)
+                   for name in (node.get("inputs") or {})):
+            return None
+        return await self.uploaded_models()
+
+    async def uploaded_models(self) -> dict[str, set[str]] | None:
+        if self._models is None:
             return None
         try:
             return await self._models.names()

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import grpc.aio
 from google.api import httpbody_pb2
 
-from comfymesh.common.v1 import execution_event_pb2
+from comfymesh.common.v1 import catalog_pb2, execution_event_pb2
 from comfymesh.workflow.v1 import execution_pb2, workflow_service_pb2, workflow_service_pb2_grpc
 from service_runtime.errors import FieldViolation, ServiceError, invalid_argument, not_implemented
 from service_runtime.grpc.identity import caller_tenant
@@ -28,6 +28,7 @@ from services.execution_store.domain import ExecutionFilter
 from services.execution_store.events import EventLog
 from services.workflow.cancellation import ExecutionCanceller
 from services.workflow.catalog import ExecutorCatalog
+from services.workflow.catalog_models import with_uploaded_models
 from services.workflow.convert import add_output_urls, execution_to_proto, state_from_proto, validation_to_proto
 from services.workflow.files import WorkflowFiles
 from services.workflow.queries import ExecutionQueries, check_execution_id
@@ -153,6 +154,12 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
         self._files = WorkflowFiles(store, settings or Settings())
         self._operations = operations
 
+    async def _visible_catalog(self) -> list[catalog_pb2.NodeDefinition]:
+        """The fleet's catalog, with the caller's uploaded models among the loaders' choices."""
+        definitions = await self._catalog.definitions()
+        models = await self._operations.submitter.uploaded_models() if self._operations is not None else None
+        return with_uploaded_models(definitions, models) if models else definitions
+
     def _ops(self, method: str) -> ExecutionOperations:
         if self._operations is None:
             raise not_implemented(method)
@@ -232,7 +239,7 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
 
     async def ListNodes(self, request: workflow_service_pb2.ListNodesRequest,
                         context: grpc.aio.ServicerContext[Any, Any]) -> workflow_service_pb2.ListNodesResponse:
-        definitions = [d for d in await self._catalog.definitions() if d.category.startswith(request.category)]
+        definitions = [d for d in await self._visible_catalog() if d.category.startswith(request.category)]
         start = 0
         if request.page_token:
             start = next((i for i, d in enumerate(definitions) if d.name > request.page_token), len(definitions))
@@ -244,7 +251,7 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
 
     async def GetObjectInfo(self, request: workflow_service_pb2.GetObjectInfoRequest,
                             context: grpc.aio.ServicerContext[Any, Any]) -> httpbody_pb2.HttpBody:
-        catalog = {d.name: object_info_from_definition(d) for d in await self._catalog.definitions()}
+        catalog = {d.name: object_info_from_definition(d) for d in await self._visible_catalog()}
         return httpbody_pb2.HttpBody(content_type="application/json",
                                      data=json.dumps(catalog, separators=(",", ":")).encode())
 

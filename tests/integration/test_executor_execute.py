@@ -72,7 +72,8 @@ def executor(tmp_path_factory: pytest.TempPathFactory, seaweedfs: SeaweedFSServe
     env = {**os.environ, "COMFYMESH_HOME": str(home), "COMFYMESH_EXECUTOR_PORT": str(port),
            "COMFYMESH_METRICS_PORT": "0", "COMFYMESH_S3_ENDPOINT": seaweedfs.endpoint,
            "COMFYMESH_S3_ACCESS_KEY": seaweedfs.access_key, "COMFYMESH_S3_SECRET_KEY": seaweedfs.secret_key,
-           "COMFYMESH_CUSTOM_NODES_DIRS": str(pack), "COMFYMESH_INTERRUPT_GRACE_SECONDS": "5"}
+           "COMFYMESH_CUSTOM_NODES_DIRS": str(pack), "COMFYMESH_INTERRUPT_GRACE_SECONDS": "5",
+           "COMFYMESH_EXECUTOR_REGISTER": "false"}  # a lone executor: no fleet to join
     process = ManagedProcess([sys.executable, "-m", "gpu_executor", "serve"], log_path=home / "executor.log",
                              env=env, cwd=ROOT, name="executor").start()
     try:
