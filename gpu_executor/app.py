@@ -47,8 +47,8 @@ def worker_config(settings: Settings) -> WorkerConfig:
         store = StoreConfig(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key,
                             f"{settings.s3_bucket_prefix}-models", secure=settings.s3_secure,
                             region=settings.s3_region)
-    resolver = ResolverConfig(settings.models_dir, settings.home.resolve() / "model-cache",
-                              settings.executor_disk_cache_bytes, store)
+    cache_dir = (settings.model_cache_dir or settings.home / "model-cache").resolve()
+    resolver = ResolverConfig(settings.models_dir, cache_dir, settings.executor_disk_cache_bytes, store)
     return WorkerConfig(tuple(settings.custom_node_paths), settings.models_dir, settings.tokenizer_dir, resolver,
                         settings.executor_ram_cache_bytes, settings.executor_gpu_cache_bytes)
 

@@ -50,6 +50,7 @@ class AttemptLog:
 
     events: list[pb.ExecutionEvent] = field(default_factory=list)
     done: bool = False
+    finished: bool = False  # counted as finished and the executor freed (just before the terminal event)
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
 
@@ -223,6 +224,9 @@ class ExecutionRunner:
             message = event if isinstance(event, pb.ExecutionEvent) else to_proto(
                 event, execution_id=request.execution_id, attempt=request.attempt, sequence=sequence,
                 now=time.time(), outputs=outputs)
+            if final:
+                # Free before the terminal event leaves: the dispatcher sends the next job as soon as it sees it.
+                self._finish(key)
             await self._record(log, message, final=final)
 
         deadline_task: asyncio.Task[None] | None = None
@@ -262,14 +266,22 @@ class ExecutionRunner:
         finally:
             if deadline_task is not None:
                 deadline_task.cancel()
-            self.completed += 1
-            self.current = None if self.current == key else self.current
-            if self.current is None:
-                self._idle.set()
+            self._finish(key)
             async with log.changed:
                 log.done = True
                 log.changed.notify_all()
             shutil.rmtree(workdir, ignore_errors=True)
+
+    def _finish(self, key: tuple[str, int]) -> None:
+        """Marks the attempt finished (once): the executor takes the next job from here on."""
+        log = self._logs.get(key)
+        if log is None or log.finished:
+            return
+        log.finished = True
+        self.completed += 1
+        self.current = None if self.current == key else self.current
+        if self.current is None:
+            self._idle.set()
 
     async def _interrupt_at(self, epoch_seconds: float) -> None:
         await asyncio.sleep(max(0.0, epoch_seconds - time.time()))

@@ -121,9 +121,13 @@ class Settings(BaseSettings):
         "", description="Model names loaded into RAM at start, before registering, separated by ',' (bare, e.g. "
                         "'sd15.safetensors', or with their folder, e.g. 'checkpoints/sd15.safetensors')."
     )
+    model_cache_dir: Path | None = Field(
+        None, description="Where the executor's disk cache of models fetched from the models bucket lives "
+                          "(default: COMFYMESH_HOME/model-cache)."
+    )
     executor_disk_cache_bytes: int = Field(
         50 << 30, description="Byte budget of the executor's disk cache of models fetched from the models bucket "
-                              "(under COMFYMESH_HOME/model-cache; least recently used files are evicted)."
+                              "(in COMFYMESH_MODEL_CACHE_DIR; least recently used files are evicted)."
     )
     executor_ram_cache_bytes: int = Field(
         0, description="Byte budget of models the executor keeps loaded in RAM (0: half the host's memory)."

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 from collections.abc import Callable
@@ -57,7 +58,14 @@ FLEET_RECHECK_SECONDS = 1.0
 # An interrupt nobody asked for that arrives this close to the attempt's deadline is the deadline's (the executor
 # interrupts at the deadline; the two clocks are the same host's or NTP-synchronised).
 DEADLINE_SLACK_SECONDS = 0.25
-_BUSY_REASONS = {str(Reason.EXECUTOR_BUSY), str(Reason.EXECUTOR_DRAINING)}
+BUSY_RETRIES = 50
+BUSY_RETRY_SECONDS = 0.02
+
+
+class Outcome(enum.Enum):
+    DONE = "done"  # the attempt ran (and was settled)
+    BUSY = "busy"  # the executor is still busy with another job
+    REFUSED = "refused"  # draining, or unreachable before it took the job
 
 
 class LeaseLostError(Exception):
@@ -286,9 +294,17 @@ class Dispatcher:
             if executor is None:
                 continue
             attempt.executor = executor
-            if await self._execute(attempt, executor):
+            outcome = await self._execute(attempt, executor)
+            for _ in range(BUSY_RETRIES):
+                if outcome is not Outcome.BUSY:
+                    break
+                # Still finishing its previous job (its terminal event is out, its cleanup not yet): keep the
+                # reservation, so this job, not a later lease of lower priority, gets the executor next.
+                await asyncio.sleep(BUSY_RETRY_SECONDS)
+                outcome = await self._execute(attempt, executor)
+            if outcome is Outcome.DONE:
                 return
-            # The executor was busy or draining after all: free the reservation and place again.
+            # Busy for long, draining or unreachable after all: free the reservation and place again.
             await self._registry.release(executor.executor_id, attempt.execution_id)
             attempt.executor = None
             attempt.avoid.append(executor.executor_id)
@@ -328,8 +344,9 @@ class Dispatcher:
         request.deadline.FromNanoseconds(int(attempt.deadline * 1e9))
         return request
 
-    async def _execute(self, attempt: Attempt, executor: ExecutorEntry) -> bool:
-        """Runs the attempt on the executor and settles it; False when the executor refused it as busy."""
+    async def _execute(self, attempt: Attempt, executor: ExecutorEntry) -> Outcome:
+        """Runs the attempt on the executor and settles it, unless the executor refused it (busy, draining) or
+        could not be reached before it took the job."""
         request = self._request(attempt)
         await self._mark_running(attempt)
         stub = self._executors.stub(executor.address)
@@ -361,19 +378,21 @@ class Dispatcher:
                     await self._lifecycle.relay(event, ExecutionState.RUNNING)
         except grpc.aio.AioRpcError as exc:
             error = from_rpc_error(exc)
-            if terminal is None and str(error.reason) in _BUSY_REASONS:
-                return False
+            if terminal is None and str(error.reason) == str(Reason.EXECUTOR_BUSY):
+                return Outcome.BUSY
+            if terminal is None and str(error.reason) == str(Reason.EXECUTOR_DRAINING):
+                return Outcome.REFUSED
             if received == 0 and exc.code() == grpc.StatusCode.UNAVAILABLE:
                 # Unreachable before it took the job: not an attempt. Forget the executor (a live one answers its
                 # next heartbeat with known=false and registers again) and place the job elsewhere.
                 log.warning("executor %s unreachable: %s", executor.executor_id, error.message)
                 await self._registry.deregister(executor.executor_id)
                 self.fleet_changed()
-                return False
+                return Outcome.REFUSED
             await self._settle_retry(attempt, _status(
                 Reason.EXECUTOR_LOST, f"executor {executor.executor_id} stopped answering: {error.message}",
                 executor_id=executor.executor_id))
-            return True
+            return Outcome.DONE
         finally:
             with contextlib.suppress(Exception):
                 await self._running.clear(attempt.execution_id)
@@ -385,9 +404,9 @@ class Dispatcher:
             await self._settle_retry(attempt, _status(
                 Reason.EXECUTOR_LOST, f"executor {executor.executor_id} ended the stream without a result",
                 executor_id=executor.executor_id))
-            return True
+            return Outcome.DONE
         await self._settle(attempt, terminal, run_seconds, executor)
-        return True
+        return Outcome.DONE
 
     async def _settle(self, attempt: Attempt, event: pb.ExecutionEvent, run_seconds: float,
                       executor: ExecutorEntry) -> None:

@@ -57,8 +57,8 @@ HOME = "/var/lib/comfymesh"
 MODEL_CACHE = "/var/cache/comfymesh/models"
 LONG_RUNNING_RESTART = frozenset({"always", "unless-stopped", "on-failure"})
 DEPENDENCY_CONDITIONS = frozenset({"service_started", "service_healthy", "service_completed_successfully"})
-#: COMFYMESH_* variables compose sets that `Settings` does not define yet (the executor issues add them).
-PENDING_SETTINGS = frozenset({"COMFYMESH_MODEL_CACHE_DIR"})
+#: COMFYMESH_* variables compose sets that `Settings` does not define yet (none today).
+PENDING_SETTINGS: frozenset[str] = frozenset()
 
 _REQUIRED_VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*):\?[^}]*\}")
 _DEFAULTED_VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*):-(?P<default>[^}]*)\}")
