@@ -37,6 +37,7 @@ from comfymesh.queue.v1 import queue_service_pb2_grpc as qgrpc
 from comfymesh.workflow.v1 import workflow_service_pb2 as wpb
 from comfymesh.workflow.v1 import workflow_service_pb2_grpc as wgrpc
 from launcher.platform import LocalPlatform, fleet_size
+from service_runtime.auth.client import bearer_client_interceptors
 from service_runtime.processes import SeaweedFSServer, free_port
 from service_runtime.settings import Settings
 from service_runtime.transport.graph_codec import graph_to_proto
@@ -196,7 +197,10 @@ def idle_cpu(platform: LocalPlatform, seconds: float = 10.0) -> None:
 
 async def measure(platform: LocalPlatform, args: argparse.Namespace) -> None:
     options = [("grpc.max_concurrent_streams", 0)]
-    async with grpc.aio.insecure_channel(platform.endpoints.control_plane, options=options) as channel:
+    # As a user calls it: with the admin API key the platform created on its first start.
+    async with grpc.aio.insecure_channel(platform.endpoints.control_plane, options=options,
+                                         interceptors=bearer_client_interceptors(platform.endpoints.admin_key,
+                                                                                 lambda: "")) as channel:
         workflow = wgrpc.WorkflowServiceStub(channel)
         queue = qgrpc.QueueServiceStub(channel)
         await latency(workflow, args.runs)
@@ -206,7 +210,7 @@ async def measure(platform: LocalPlatform, args: argparse.Namespace) -> None:
         port = free_port()
         platform.start_executor(2, port, 0)
         await asyncio.to_thread(platform.processes["control_plane"].wait_ready,
-                                lambda: fleet_size(platform.endpoints.control_plane) >= 2, 60)
+                                lambda: fleet_size(platform.endpoints.control_plane, platform.settings) >= 2, 60)
         await throughput(workflow, queue, args.throughput, 2)
 
 

@@ -42,10 +42,14 @@ from safetensors.torch import save_file
 from comfymesh.executor.v1 import executor_service_pb2 as pb
 from comfymesh.executor.v1 import executor_service_pb2_grpc
 from gpu_executor.diffusion.models.testing import make_tiny_sd1_checkpoint
+from service_runtime.auth.credentials import internal_credential
 from service_runtime.processes import ManagedProcess, SeaweedFSServer, free_port
+from service_runtime.settings import Settings
 from service_runtime.transport.graph_codec import graph_to_proto
 
 ROOT = Path(__file__).resolve().parents[1]
+# The deployment secret the bench gives its executor process (so it knows the internal credential).
+BENCH_SECRET = secrets.token_urlsafe(32)
 CHUNK = 8 << 20
 MODEL = "embeddings/bench.safetensors"  # a folder without a module loader: loaded as a state dict
 WARM_NAME = "bench-warm.safetensors"
@@ -208,7 +212,8 @@ class Executor:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         environment = {**os.environ, **env, "COMFYMESH_HOME": str(home), "COMFYMESH_EXECUTOR_PORT": str(self.port),
-                       "COMFYMESH_METRICS_PORT": "0", "COMFYMESH_EXECUTOR_REGISTER": "false"}
+                       "COMFYMESH_METRICS_PORT": "0", "COMFYMESH_EXECUTOR_REGISTER": "false",
+                       "COMFYMESH_SECRET_KEY": BENCH_SECRET}
         self.process = ManagedProcess([sys.executable, "-m", "gpu_executor", "serve"],
                                       log_path=home / "executor.log", env=environment, cwd=ROOT, name="executor")
         # Short reconnect backoff: the start → ready figure must measure the server, not gRPC's 1 s backoff after
@@ -217,6 +222,8 @@ class Executor:
                                                                     ("grpc.min_reconnect_backoff_ms", 10),
                                                                     ("grpc.max_reconnect_backoff_ms", 50)])
         self.stub = executor_service_pb2_grpc.GpuExecutorServiceStub(self.channel)
+        # Only the platform's internal credential reaches an executor: the one of the secret the process was given.
+        self.metadata = (("authorization", f"Bearer {internal_credential(Settings(secret_key=BENCH_SECRET))}"),)
 
     def start(self) -> tuple[float, float]:
         """Starts the process; returns (seconds until Describe answers, seconds until it is IDLE)."""
@@ -225,7 +232,7 @@ class Executor:
         answered = None
         while True:
             try:
-                state = self.stub.Describe(pb.DescribeRequest(), timeout=1).state
+                state = self.stub.Describe(pb.DescribeRequest(), timeout=1, metadata=self.metadata).state
             except grpc.RpcError:
                 if not self.process.is_running:
                     raise RuntimeError(f"the executor exited:\n{self.process.log_tail()}") from None
@@ -237,7 +244,7 @@ class Executor:
             time.sleep(0.02)
 
     def tier(self, tier: pb.CacheTier.ValueType) -> pb.CacheTierStats:
-        stats = self.stub.Describe(pb.DescribeRequest(), timeout=30).cache_stats
+        stats = self.stub.Describe(pb.DescribeRequest(), timeout=30, metadata=self.metadata).cache_stats
         return next((s for s in stats if s.tier == tier), pb.CacheTierStats(tier=tier))
 
     def prefetch(self, name: str, tier: pb.CacheTier.ValueType,
@@ -245,7 +252,8 @@ class Executor:
         """(worker load seconds, bytes loaded, RPC seconds) of one PrefetchModels, from the tier's stats."""
         before = self.tier(stats_tier)
         started = time.perf_counter()
-        self.stub.PrefetchModels(pb.PrefetchModelsRequest(model_names=[name], tier=tier), timeout=600)
+        self.stub.PrefetchModels(pb.PrefetchModelsRequest(model_names=[name], tier=tier), timeout=600,
+                                   metadata=self.metadata)
         rpc = time.perf_counter() - started
         after = self.tier(stats_tier)
         return after.load_seconds - before.load_seconds, after.bytes_loaded - before.bytes_loaded, rpc
@@ -256,7 +264,7 @@ class Executor:
         request = pb.ExecuteRequest(execution_id=f"bench-{seed}", attempt=1, graph=graph_to_proto(graph),
                                     output_prefix=f"bench/{seed}")
         started = time.perf_counter()
-        events = list(self.stub.Execute(request, timeout=600))
+        events = list(self.stub.Execute(request, timeout=600, metadata=self.metadata))
         elapsed = time.perf_counter() - started
         kind = events[-1].WhichOneof("kind")
         if kind != "succeeded":
@@ -332,7 +340,7 @@ def main() -> None:
                                                           pb.CACHE_TIER_RAM)
         memcpy = memcpy_seconds(size)
         h2d = host_to_device_seconds(size)
-        device = executor.stub.Describe(pb.DescribeRequest(), timeout=30).device
+        device = executor.stub.Describe(pb.DescribeRequest(), timeout=30, metadata=executor.metadata).device
         gpu = None
         if device.kind == "cuda":
             gpu = executor.prefetch(MODEL, pb.CACHE_TIER_GPU, pb.CACHE_TIER_GPU)

@@ -39,6 +39,7 @@ import urllib3
 
 from comfymesh.model.v1 import model_service_pb2 as pb
 from comfymesh.model.v1 import model_service_pb2_grpc
+from service_runtime.auth.client import internal_client_interceptors
 from service_runtime.db import migrate
 from service_runtime.healthcheck import check
 from service_runtime.object_store import PART_SIZE, ObjectStore
@@ -48,6 +49,8 @@ from services.model.testing import blob_layout, write_safetensors
 
 MB = 1e6
 ROOT = Path(__file__).resolve().parents[1]
+# The deployment secret the bench gives its ModelService process (so it knows the internal credential).
+BENCH_SECRET = secrets.token_urlsafe(32)
 READ_BLOCK = 4 << 20
 
 
@@ -164,7 +167,7 @@ async def bench(args: argparse.Namespace, home: Path) -> None:
                "COMFYMESH_S3_ENDPOINT": seaweed.endpoint, "COMFYMESH_S3_ACCESS_KEY": seaweed.access_key,
                "COMFYMESH_S3_SECRET_KEY": seaweed.secret_key, "COMFYMESH_S3_BUCKET_PREFIX": "bench",
                "COMFYMESH_MODEL_PORT": str(port), "COMFYMESH_METRICS_PORT": "0", "COMFYMESH_LOG_LEVEL": "WARNING",
-               "COMFYMESH_EXECUTION_ADDR": f"127.0.0.1:{free_port()}"}
+               "COMFYMESH_EXECUTION_ADDR": f"127.0.0.1:{free_port()}", "COMFYMESH_SECRET_KEY": BENCH_SECRET}
         service = ManagedProcess([sys.executable, "-m", "services.model"], log_path=home / "model.log", env=env,
                                  cwd=ROOT, name="model").start()
         address = f"127.0.0.1:{port}"
@@ -178,8 +181,10 @@ async def bench(args: argparse.Namespace, home: Path) -> None:
         print(f"file: {file_size / MB:.1f} MB safetensors; SeaweedFS {seaweed.endpoint}; ModelService process "
               f"{address}; database {'PostgreSQL' if args.postgres else 'SQLite'}; gRPC chunks {args.chunk_mb} MiB; "
               f"presigned part size {settings.model_upload_part_bytes >> 20} MiB; {os.cpu_count()} CPUs")
+        # The platform's internal credential (shared deployment secret), acting for the default tenant.
         channel = grpc.aio.insecure_channel(address, options=[
-            ("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)])
+            ("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)],
+            interceptors=internal_client_interceptors(Settings(secret_key=BENCH_SECRET)))
         stub = model_service_pb2_grpc.ModelServiceStub(channel)
         runs: list[dict[str, float]] = []
         try:

@@ -31,6 +31,7 @@ from gpu_executor.telemetry.metrics import export_cache_state, register_executor
 from gpu_executor.transport import ExecutorServicer
 from gpu_executor.worker.child import WorkerConfig
 from gpu_executor.worker.supervisor import WorkerLost, WorkerSupervisor
+from service_runtime.auth.interceptor import auth_interceptor
 from service_runtime.grpc import GrpcServer, ServiceBinding
 from service_runtime.object_store import ObjectStore
 from service_runtime.settings import Settings
@@ -76,7 +77,8 @@ class ExecutorApp:
         self.servicer = ExecutorServicer(lambda: self.executor_id, self.runner, self.supervisor, self.view)
         binding = ServiceBinding(SERVICE_NAME, self.servicer,
                                  executor_service_pb2_grpc.add_GpuExecutorServiceServicer_to_server)
-        self.server = GrpcServer(settings, "executor", [binding], port)
+        # Only the execution service's dispatcher calls an executor: the internal credential alone is accepted.
+        self.server = GrpcServer(settings, "executor", [binding], port, auth=auth_interceptor(settings, None, None))
         self.server.on_stop.append(self.supervisor.stop)
         self.fleet: FleetMembership | None = None
         self.exit_code = 0

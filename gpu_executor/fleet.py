@@ -69,7 +69,7 @@ class FleetMembership:
         self._wake = asyncio.Event()
 
     def start(self) -> None:
-        self._channel = channel_to("execution", self.settings)
+        self._channel = channel_to("execution", self.settings, bearer=self.settings.executor_api_key or None)
         self._stub = execution_service_pb2_grpc.ExecutionServiceStub(self._channel)
         self._task = asyncio.create_task(self._run(), name="fleet-membership")
 

@@ -24,10 +24,16 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - report and exit non-zero, nothing left running
         print(f"ComfyMesh failed to start: {exc}", file=sys.stderr)
         sys.exit(1)
+    if endpoints.admin_key:
+        key_line = f"{endpoints.admin_key}  (kept in {endpoints.admin_key_path})"
+        auth = f' -H "authorization: Bearer $(cat {endpoints.admin_key_path})"'
+    else:
+        key_line, auth = "(authentication is off)", ""
     print(f"""
 ComfyMesh is up.
-  gateway (REST + gRPC)  http://{endpoints.gateway}        e.g. curl http://{endpoints.gateway}/v1/executions
-                                                      grpcurl -plaintext {endpoints.gateway} list
+  admin API key          {key_line}
+  gateway (REST + gRPC)  http://{endpoints.gateway}        e.g. curl{auth} http://{endpoints.gateway}/v1/executions
+                                                      grpcurl -plaintext{auth} {endpoints.gateway} list
   gateway admin          http://{endpoints.gateway_admin}
   control plane (gRPC)   {endpoints.control_plane}   metrics http://{endpoints.control_plane_metrics}/metrics
   CPU executor (gRPC)    {endpoints.executor}   metrics http://{endpoints.executor_metrics}/metrics

@@ -21,22 +21,31 @@ import httpx
 from comfymesh.execution.v1 import execution_service_pb2, execution_service_pb2_grpc
 from gateway.config import GatewayConfig
 from gateway.render import render_envoy_config
+from service_runtime.auth.credentials import internal_credential
 from service_runtime.db import migrate
 from service_runtime.healthcheck import check as grpc_health_check
 from service_runtime.processes import EnvoyProcess, ManagedProcess, SeaweedFSServer, ValkeyServer, free_port
 from service_runtime.processes.envoy import validate_envoy_config
+from service_runtime.secrets import deployment_secret
 from service_runtime.settings import Settings
+from services.auth.bootstrap import admin_key_path, ensure_admin_key
 
 log = logging.getLogger(__name__)
 STARTUP_TIMEOUT = 60.0
 
 
-def fleet_size(address: str) -> int:
+def internal_metadata(settings: Settings) -> tuple[tuple[str, str | bytes], ...]:
+    """Metadata with the platform's internal credential (none while authentication is off)."""
+    return (("authorization", f"Bearer {internal_credential(settings)}"),) if settings.auth_enabled else ()
+
+
+def fleet_size(address: str, settings: Settings | None = None) -> int:
     """How many executors the control plane at `address` has registered (0 when it does not answer)."""
     try:
         with grpc.insecure_channel(address) as channel:
             stub = execution_service_pb2_grpc.ExecutionServiceStub(channel)
-            reply = stub.GetFleetCatalog(execution_service_pb2.GetFleetCatalogRequest(), timeout=2)
+            reply = stub.GetFleetCatalog(execution_service_pb2.GetFleetCatalogRequest(), timeout=2,
+                                         metadata=internal_metadata(settings) if settings is not None else None)
     except grpc.RpcError:
         return 0
     return int(reply.executor_count)
@@ -55,6 +64,9 @@ class Endpoints:
     executor_metrics: str = ""
     # Every executor's gRPC address (the first is `executor`).
     executors: list[str] = field(default_factory=list)
+    # The bootstrap admin API key ("" when authentication is off) and the file it is kept in.
+    admin_key: str = ""
+    admin_key_path: str = ""
 
 
 @dataclass
@@ -142,8 +154,11 @@ class LocalPlatform:
             "gateway_port": self._port(settings.gateway_port),
             "gateway_admin_port": self._port(settings.gateway_admin_port),
         })
+        # One deployment secret for every child process, so the internal credential verifies across them.
+        settings = settings.model_copy(update={"secret_key": deployment_secret(settings).decode()})
         self.settings = settings
         migrate.upgrade(settings.resolved_database_url)
+        admin_key, admin_key_file = self._admin_key(settings)
 
         env = self._child_env(settings)
         self._env = env
@@ -167,7 +182,7 @@ class LocalPlatform:
         for process, address, _ in executors:
             process.wait_ready(functools.partial(grpc_health_check, address, timeout=1.0), STARTUP_TIMEOUT)
         # Ready means every executor registered with the fleet, so the first submission finds them.
-        control_plane.wait_ready(lambda: fleet_size(cp_address) >= self.executors, STARTUP_TIMEOUT)
+        control_plane.wait_ready(lambda: fleet_size(cp_address, settings) >= self.executors, STARTUP_TIMEOUT)
         ex_address, ex_metrics = executors[0][1], executors[0][2]
 
         gateway_config = GatewayConfig.from_settings(settings, upstream_override=cp_address)
@@ -189,7 +204,20 @@ class LocalPlatform:
             control_plane_metrics=f"127.0.0.1:{cp_metrics}" if cp_metrics else "(disabled)",
             executor_metrics=f"127.0.0.1:{ex_metrics}" if ex_metrics else "(disabled)",
             executors=[address for _, address, _ in executors],
+            admin_key=admin_key, admin_key_path=admin_key_file,
         )
+
+    @staticmethod
+    def _admin_key(settings: Settings) -> tuple[str, str]:
+        """The admin API key: created (and written to COMFYMESH_HOME/admin.key, 0600) on first start, read from
+        that file on later ones; ("", "") while authentication or the bootstrap is off."""
+        if not (settings.auth_enabled and settings.auth_bootstrap_admin):
+            return "", ""
+        path = admin_key_path(settings).resolve()
+        key = ensure_admin_key(settings)
+        if key is None and path.exists():
+            key = path.read_text().strip()
+        return key or "", str(path)
 
     def child_env(self) -> dict[str, str]:
         """The environment the platform gives its service processes (tests start extra replicas with it)."""

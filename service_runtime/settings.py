@@ -113,6 +113,11 @@ class Settings(BaseSettings):
         True, description="Register with the ExecutionService (COMFYMESH_EXECUTION_ADDR) at start, heartbeat, and "
                           "deregister on SIGTERM; off: the executor serves on its own."
     )
+    executor_api_key: str = Field(
+        "", description="API key (role executor: `python -m services.auth create-key --role executor`) the executor "
+                        "registers and heartbeats with, for executors that do not share the deployment secret "
+                        "(default: the internal credential derived from it)."
+    )
     executor_warmup_graph: Path | None = Field(
         None, description="An API-format workflow JSON the executor runs once at start, before it registers "
                           "(its outputs are discarded), so it joins the fleet warm."

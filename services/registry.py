@@ -10,6 +10,7 @@ from comfymesh.model.v1 import model_service_pb2
 from comfymesh.queue.v1 import queue_service_pb2, queue_service_pb2_grpc
 from comfymesh.webhook.v1 import webhook_service_pb2
 from comfymesh.workflow.v1 import workflow_service_pb2, workflow_service_pb2_grpc
+from service_runtime.auth.quotas import SubmissionQuotas
 from service_runtime.grpc import ServiceBinding, channel_to
 from services.auth.component import build_auth_binding
 from services.context import AppContext
@@ -67,7 +68,8 @@ def _workflow(ctx: AppContext) -> ServiceBinding:
     models = ModelCatalog(lambda: channel_to("model", settings))
     ctx.on_close(models.close)
     operations = ExecutionOperations(
-        submitter=ExecutionSubmitter(repository, states, queue, catalog, files, models),
+        submitter=ExecutionSubmitter(repository, states, queue, catalog, files, models,
+                                     quotas=SubmissionQuotas.from_settings(settings, ctx.db, repository)),
         watcher=ExecutionWatcher(queries, repository, events, SharedTails(events, follower),
                                  settings.watch_heartbeat_seconds),
         canceller=ExecutionCanceller(queries, repository, states, CancelFlags(ctx.redis), queue,

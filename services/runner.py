@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+from service_runtime.auth.interceptor import auth_interceptor
 from service_runtime.grpc import GrpcServer, serve_until_signalled
 from service_runtime.settings import Settings, get_settings
 from service_runtime.telemetry.logs import configure_logging
@@ -21,7 +22,8 @@ def build_server(settings: Settings, components: Sequence[str], port: int, name:
         raise ValueError(f"unknown components {unknown}; known: {sorted(COMPONENTS)}")
     ctx = AppContext(settings)
     server = GrpcServer(settings, name, [COMPONENTS[c](ctx) for c in components], port,
-                        reflection_extra=PUBLIC_SERVICES if settings.reflect_all_public_services else ())
+                        reflection_extra=PUBLIC_SERVICES if settings.reflect_all_public_services else (),
+                        auth=auth_interceptor(settings, ctx.redis, ctx.db))
     server.on_start.append(ctx.start_background)
     server.on_stop.append(ctx.close)
     return server, ctx

@@ -39,13 +39,21 @@ def channel_options(settings: Settings) -> list[tuple[str, int | str]]:
     ]
 
 
-def create_channel(address: str, settings: Settings) -> grpc.aio.Channel:
-    """An insecure (in-mesh) aio channel to `host:port`, traced when tracing is on."""
+def create_channel(address: str, settings: Settings, *, bearer: str | None = None) -> grpc.aio.Channel:
+    """An insecure (in-mesh) aio channel to `host:port`, traced when tracing is on.
+
+    Every call carries the platform's internal credential (and the tenant of the caller being served), never a
+    user's; `bearer`: another credential instead (an executor's API key where it does not share the deployment
+    secret). Nothing is added while authentication is off."""
+    # Imported here: service_runtime.auth imports service_runtime.grpc.identity.
+    from service_runtime.auth.client import bearer_client_interceptors, internal_client_interceptors
+
     tracing_on = tracing.configure_tracing("client", settings.otel_endpoint)
+    auth = bearer_client_interceptors(bearer) if bearer else internal_client_interceptors(settings)
     return grpc.aio.insecure_channel(address, options=channel_options(settings),
-                                     interceptors=tracing.client_interceptors(tracing_on))
+                                     interceptors=[*tracing.client_interceptors(tracing_on), *auth])
 
 
-def channel_to(component: str, settings: Settings) -> grpc.aio.Channel:
+def channel_to(component: str, settings: Settings, *, bearer: str | None = None) -> grpc.aio.Channel:
     """A channel to a named component ("queue", "execution", ...), wherever settings say it runs."""
-    return create_channel(settings.address_of(component), settings)
+    return create_channel(settings.address_of(component), settings, bearer=bearer)

@@ -66,6 +66,8 @@ class GrpcServer:
     metrics_port: int | None = None
     on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # The authenticating interceptor (service_runtime.auth.interceptor.auth_interceptor); None: every RPC is open.
+    auth: grpc.aio.ServerInterceptor | None = None
     _server: grpc.aio.Server | None = None
     _health: health.aio.HealthServicer | None = None
     _metrics: MetricsEndpoint | None = None
@@ -82,7 +84,8 @@ class GrpcServer:
     async def start(self) -> None:
         tracing_on = tracing.configure_tracing(self.component, self.settings.otel_endpoint)
         self._server = grpc.aio.server(
-            interceptors=default_interceptors(rpc_metrics(), tracing.server_interceptors(tracing_on)),
+            interceptors=default_interceptors(rpc_metrics(), tracing.server_interceptors(tracing_on),
+                                             [self.auth] if self.auth is not None else None),
             options=server_options(self.settings),
             maximum_concurrent_rpcs=self.settings.grpc_max_concurrent_rpcs,
         )

@@ -17,6 +17,7 @@ import grpc.aio
 
 from comfymesh.queue.v1 import queue_service_pb2 as qpb
 from comfymesh.queue.v1 import queue_service_pb2_grpc as qgrpc
+from service_runtime.auth.quotas import SubmissionQuotas
 from service_runtime.errors import FieldViolation, Reason, ServiceError, invalid_argument
 from service_runtime.errors.status import from_rpc_error
 from service_runtime.ids import time_ordered_id
@@ -65,8 +66,9 @@ def _prefixed(error: ServiceError, prefix: str) -> ServiceError:
 class ExecutionSubmitter:
     def __init__(self, repository: ExecutionRepository, lifecycle: ExecutionLifecycle,
                  queue: qgrpc.QueueServiceAsyncStub, catalog: ExecutorCatalog, files: WorkflowFiles,
-                 models: ModelCatalog | None = None) -> None:
+                 models: ModelCatalog | None = None, quotas: SubmissionQuotas | None = None) -> None:
         self._models = models
+        self._quotas = quotas
         self._repository = repository
         self._lifecycle = lifecycle
         self._queue = queue
@@ -82,6 +84,8 @@ class ExecutionSubmitter:
         names = [item.name for item in submission.inputs]
         graph, result = await self.validate(submission.graph, names)
         raise_if_invalid(result)
+        if self._quotas is not None:  # queued / in-flight executions and the monthly budget, before the row exists
+            await self._quotas.check(submission.tenant)
         now = datetime.now(UTC)
         record = ExecutionRecord(
             id=time_ordered_id(), tenant=submission.tenant, state=ExecutionState.QUEUED, graph=graph,

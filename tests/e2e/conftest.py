@@ -14,6 +14,7 @@ from tests.e2e.node_pack import PACK_SOURCE
 from tests.fixtures.infra import PostgresDatabases
 
 QUEUE_MAX_SIZE = 8
+COST_PER_SECOND_USD = 10_000
 
 
 def write_node_pack(home: Path) -> Path:
@@ -35,7 +36,9 @@ def platform(tmp_path_factory: pytest.TempPathFactory, postgres_databases: Postg
     # One executor (queue order is observable); a small queue so the full-queue refusal can be reached.
     platform = LocalPlatform(settings, free_ports=True, extra_env={
         "CUSTOM_NODES_DIRS": str(pack), "QUEUE_MAX_SIZE": str(QUEUE_MAX_SIZE), "INTERRUPT_GRACE_SECONDS": "3",
-        "QUEUE_JANITOR_INTERVAL_SECONDS": "0.5"})
+        "QUEUE_JANITOR_INTERVAL_SECONDS": "0.5",
+        # A steep price, so one execution on the CPU executor exceeds a basic tenant's monthly budget ($10).
+        "COST_PER_DEVICE_SECOND_USD": f"default={COST_PER_SECOND_USD}"})
     platform.start()
     yield platform
     platform.stop()

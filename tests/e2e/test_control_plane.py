@@ -10,6 +10,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import grpc
@@ -27,6 +28,7 @@ from launcher.platform import Endpoints
 from service_runtime.transport.graph_codec import graph_to_proto
 from tests.e2e.conftest import QUEUE_MAX_SIZE
 from tests.e2e.node_pack import image_graph
+from tests.fixtures.auth import authed_channel, bearer_headers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -34,19 +36,20 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 
 @pytest.fixture
 def http(endpoints: Endpoints) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=f"http://{endpoints.gateway}", timeout=30, trust_env=False) as client:
+    with httpx.Client(base_url=f"http://{endpoints.gateway}", timeout=30, trust_env=False,
+                      headers=bearer_headers(endpoints.admin_key)) as client:
         yield client
 
 
 @pytest.fixture
 def workflow(endpoints: Endpoints) -> Iterator[workflow_service_pb2_grpc.WorkflowServiceStub]:
-    with grpc.insecure_channel(endpoints.control_plane) as channel:
+    with authed_channel(endpoints.control_plane, endpoints.admin_key) as channel:
         yield workflow_service_pb2_grpc.WorkflowServiceStub(channel)
 
 
 @pytest.fixture
 def queue(endpoints: Endpoints) -> Iterator[queue_service_pb2_grpc.QueueServiceStub]:
-    with grpc.insecure_channel(endpoints.control_plane) as channel:
+    with authed_channel(endpoints.control_plane, endpoints.admin_key) as channel:
         yield queue_service_pb2_grpc.QueueServiceStub(channel)
 
 
@@ -126,7 +129,8 @@ def test_rest_submit_watch_and_download(http: httpx.Client) -> None:
     presigned = httpx.get(output["url"], timeout=10, trust_env=False)
     assert presigned.status_code == 200 and presigned.content == download.content
     timings = execution["timings"]
-    assert timings["create_time"] <= timings["start_time"] <= timings["end_time"]
+    create, start, end = (datetime.fromisoformat(timings[k]) for k in ("create_time", "start_time", "end_time"))
+    assert create <= start <= end
     assert {t["node_id"] for t in execution["node_timings"]} == {"1", "2", "3"}
 
 
@@ -197,10 +201,12 @@ def test_priorities_and_fifo_with_one_executor_and_a_backlog(
     finally:
         queue.ResumeQueue(queue_service_pb2.ResumeQueueRequest(), timeout=10)
     finished = [_wait_state(http, eid, {"EXECUTION_STATE_SUCCEEDED"}) for _, eid in submitted]
-    started = sorted(zip((f["timings"]["start_time"] for f in finished), submitted, strict=True))
+    # Timestamps as times, not strings: proto JSON writes 0, 3, 6 or 9 fractional digits.
+    starts = [datetime.fromisoformat(f["timings"]["start_time"]) for f in finished]
+    started = sorted(zip(starts, submitted, strict=True))
     order = [eid for _, (_, eid) in started]
     expected = [eid for _, eid in sorted(submitted, key=lambda item: -item[0])]  # stable: FIFO inside a priority
-    assert order == expected
+    assert order == expected, [(priority, start.isoformat()) for start, (priority, _) in started]
 
 
 def test_cancel_a_queued_and_a_running_execution(http: httpx.Client,

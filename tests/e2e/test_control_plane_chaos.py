@@ -18,6 +18,7 @@ from service_runtime.processes import SeaweedFSServer, free_port
 from service_runtime.settings import Settings
 from tests.e2e.conftest import write_node_pack
 from tests.e2e.node_pack import image_graph
+from tests.fixtures.auth import bearer_headers
 from tests.fixtures.infra import PostgresDatabases
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -41,7 +42,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, postgres_databases: Postgres
 
 @pytest.fixture
 def http(fleet: LocalPlatform) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=f"http://{fleet.endpoints.gateway}", timeout=30, trust_env=False) as client:
+    with httpx.Client(base_url=f"http://{fleet.endpoints.gateway}", timeout=30, trust_env=False,
+                      headers=bearer_headers(fleet.endpoints.admin_key)) as client:
         yield client
 
 

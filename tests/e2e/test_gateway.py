@@ -22,6 +22,7 @@ from service_runtime.transport.graph_codec import graph_from_proto
 from services.execution_store.domain import ExecutionRecord, ExecutionState
 from services.execution_store.repository import ExecutionRepository
 from services.registry import PUBLIC_SERVICES
+from tests.fixtures.auth import authed_channel, bearer_headers
 
 pytestmark = pytest.mark.e2e
 MAX_SEED = 2**64 - 1
@@ -33,7 +34,8 @@ GRAPH = {
 
 
 def _http(endpoints: Endpoints) -> httpx.Client:
-    return httpx.Client(base_url=f"http://{endpoints.gateway}", timeout=10, trust_env=False)
+    return httpx.Client(base_url=f"http://{endpoints.gateway}", timeout=10, trust_env=False,
+                        headers=bearer_headers(endpoints.admin_key))
 
 
 def test_grpcurl_lists_every_service_through_the_gateway(endpoints: Endpoints) -> None:
@@ -68,7 +70,7 @@ def stored_execution(platform: LocalPlatform) -> ExecutionRecord:
 
 def test_graph_round_trips_exactly_over_grpc_through_envoy(endpoints: Endpoints,
                                                            stored_execution: ExecutionRecord) -> None:
-    with grpc.insecure_channel(endpoints.gateway) as channel:
+    with authed_channel(endpoints.gateway, endpoints.admin_key) as channel:
         execution = workflow_service_pb2_grpc.WorkflowServiceStub(channel).GetExecution(
             workflow_service_pb2.GetExecutionRequest(id=stored_execution.id), timeout=10)
     assert graph_from_proto(execution.graph) == GRAPH
@@ -89,7 +91,7 @@ def test_rest_callers_get_64_bit_integers_as_exact_strings(endpoints: Endpoints,
 
 
 def test_typed_errors_through_the_gateway_over_grpc(endpoints: Endpoints) -> None:
-    with grpc.insecure_channel(endpoints.gateway) as channel, pytest.raises(grpc.RpcError) as caught:
+    with authed_channel(endpoints.gateway, endpoints.admin_key) as channel, pytest.raises(grpc.RpcError) as caught:
         workflow_service_pb2_grpc.WorkflowServiceStub(channel).GetExecution(
             workflow_service_pb2.GetExecutionRequest(id="0" * 32), timeout=10)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]

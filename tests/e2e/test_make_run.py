@@ -13,6 +13,7 @@ import pytest
 
 from service_runtime.processes import ManagedProcess, free_port, grpcurl_binary
 from services.registry import PUBLIC_SERVICES
+from tests.fixtures.auth import bearer_headers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +51,14 @@ def test_embedded_platform_up_and_down(tmp_path: Path) -> None:
         listed = subprocess.run([str(grpcurl_binary()), "-plaintext", f"127.0.0.1:{gateway_port}", "list"],
                                 capture_output=True, text=True, timeout=30, check=True).stdout.split()
         assert set(PUBLIC_SERVICES) <= set(listed)
+        # First start: an admin key, printed once and kept in COMFYMESH_HOME/admin.key (0600); calls need it.
+        key_file = home / "admin.key"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        admin_key = key_file.read_text().strip()
+        assert admin_key in output and str(key_file) in output
+        executions = f"http://127.0.0.1:{gateway_port}/v1/executions"
+        assert httpx.get(executions, timeout=5, trust_env=False).status_code == 401
+        assert httpx.get(executions, headers=bearer_headers(admin_key), timeout=5, trust_env=False).status_code == 200
         # Embedded defaults: SQLite and all state under COMFYMESH_HOME.
         assert (home / "comfymesh.db").exists() and (home / "seaweedfs").is_dir() and (home / "valkey").is_dir()
         assert len(_processes_mentioning(str(home))) >= 5  # launcher, valkey, weed, control plane, executor, envoy

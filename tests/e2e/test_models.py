@@ -11,7 +11,6 @@ import pickle
 import secrets
 from collections.abc import Iterator
 
-import grpc
 import httpx
 import pytest
 
@@ -19,12 +18,14 @@ from comfymesh.model.v1 import model_service_pb2 as pb
 from comfymesh.model.v1 import model_service_pb2_grpc
 from launcher.platform import Endpoints
 from services.model.testing import safetensors_bytes
+from tests.fixtures.auth import authed_channel, bearer_headers
 
 pytestmark = pytest.mark.e2e
 
 
 def _http(endpoints: Endpoints) -> httpx.Client:
-    return httpx.Client(base_url=f"http://{endpoints.gateway}", timeout=60, trust_env=False)
+    return httpx.Client(base_url=f"http://{endpoints.gateway}", timeout=60, trust_env=False,
+                        headers=bearer_headers(endpoints.admin_key))
 
 
 def _lora(rank: int, tag: str) -> bytes:
@@ -111,7 +112,7 @@ def test_grpc_stream_upload_through_the_gateway(endpoints: Endpoints) -> None:
         for i in range(0, len(data), 4096):
             yield pb.UploadModelRequest(chunk=data[i:i + 4096])
 
-    with grpc.insecure_channel(endpoints.gateway) as channel:
+    with authed_channel(endpoints.gateway, endpoints.admin_key) as channel:
         stub = model_service_pb2_grpc.ModelServiceStub(channel)
         model = stub.UploadModel(requests(), timeout=60)
         assert (model.name, model.lora_rank, model.architecture) == (name, 4, pb.MODEL_ARCHITECTURE_SD1)

@@ -37,10 +37,8 @@ from service_runtime.auth.interceptor import AuthInterceptor, auth_interceptor
 from service_runtime.auth.tokens import TokenClaims, new_signing_key, sign_token
 from service_runtime.db import Database
 from service_runtime.grpc import GrpcServer, ServiceBinding
-from service_runtime.grpc import server as server_module
 from service_runtime.grpc.contract import contract_only
 from service_runtime.grpc.identity import caller_tenant
-from service_runtime.grpc.interceptors import default_interceptors
 from service_runtime.settings import Settings
 from services.auth.bootstrap import ensure_admin_key_async
 from services.auth.component import AUTH_SERVICE, AuthParts, build_auth
@@ -70,11 +68,8 @@ class Workflow(workflow_service_pb2_grpc.WorkflowServiceServicer):
 async def start_server(settings: Settings, bindings: Sequence[ServiceBinding],
                        interceptor: grpc.aio.ServerInterceptor) -> GrpcServer:
     """A GrpcServer whose standard chain includes `interceptor` (in the auth slot)."""
-    server = GrpcServer(settings, "auth-test", bindings, port=0, host="127.0.0.1")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(server_module, "default_interceptors",
-                      lambda metrics, tracing: default_interceptors(metrics, tracing, auth=[interceptor]))
-        await server.start()
+    server = GrpcServer(settings, "auth-test", bindings, port=0, host="127.0.0.1", auth=interceptor)
+    await server.start()
     return server
 
 

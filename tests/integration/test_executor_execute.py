@@ -19,6 +19,7 @@ from comfymesh.executor.v1 import executor_service_pb2, executor_service_pb2_grp
 from service_runtime.healthcheck import check
 from service_runtime.processes import ManagedProcess, SeaweedFSServer, free_port
 from service_runtime.transport.graph_codec import graph_to_proto
+from tests.fixtures.auth import authed_channel, internal_bearer, secret_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,7 +74,7 @@ def executor(tmp_path_factory: pytest.TempPathFactory, seaweedfs: SeaweedFSServe
            "COMFYMESH_METRICS_PORT": "0", "COMFYMESH_S3_ENDPOINT": seaweedfs.endpoint,
            "COMFYMESH_S3_ACCESS_KEY": seaweedfs.access_key, "COMFYMESH_S3_SECRET_KEY": seaweedfs.secret_key,
            "COMFYMESH_CUSTOM_NODES_DIRS": str(pack), "COMFYMESH_INTERRUPT_GRACE_SECONDS": "5",
-           "COMFYMESH_EXECUTOR_REGISTER": "false"}  # a lone executor: no fleet to join
+           "COMFYMESH_EXECUTOR_REGISTER": "false", **secret_env()}  # a lone executor: no fleet to join
     process = ManagedProcess([sys.executable, "-m", "gpu_executor", "serve"], log_path=home / "executor.log",
                              env=env, cwd=ROOT, name="executor").start()
     try:
@@ -89,7 +90,7 @@ def _request(graph: dict[str, Any], execution_id: str, attempt: int = 1) -> exec
 
 
 def _execute(address: str, request: executor_service_pb2.ExecuteRequest) -> list[pb.ExecutionEvent]:
-    with grpc.insecure_channel(address) as channel:
+    with authed_channel(address, internal_bearer()) as channel:
         return list(executor_service_pb2_grpc.GpuExecutorServiceStub(channel).Execute(request, timeout=120))
 
 
@@ -121,7 +122,7 @@ def test_repeating_an_attempt_replays_it(executor: str) -> None:
 
 
 def test_a_second_concurrent_execute_is_refused(executor: str) -> None:
-    with grpc.insecure_channel(executor) as channel:
+    with authed_channel(executor, internal_bearer()) as channel:
         stub = executor_service_pb2_grpc.GpuExecutorServiceStub(channel)
         running = stub.Execute(_request(SLOW_GRAPH, "slow-1"), timeout=120)
         assert next(running).WhichOneof("kind") == "started"
@@ -147,7 +148,7 @@ def test_a_crashing_node_is_contained_and_retryable(executor: str) -> None:
 
 
 def test_a_node_ignoring_the_interrupt_is_killed_after_the_grace_period(executor: str) -> None:
-    with grpc.insecure_channel(executor) as channel:
+    with authed_channel(executor, internal_bearer()) as channel:
         stub = executor_service_pb2_grpc.GpuExecutorServiceStub(channel)
         running = stub.Execute(_request({"1": {"class_type": "Stubborn", "inputs": {"seconds": 120}}}, "stubborn"),
                                timeout=120)
@@ -180,7 +181,7 @@ def test_private_input_urls_are_refused(executor: str) -> None:
 
 
 def test_interrupt_of_nothing_says_so(executor: str) -> None:
-    with grpc.insecure_channel(executor) as channel:
+    with authed_channel(executor, internal_bearer()) as channel:
         reply = executor_service_pb2_grpc.GpuExecutorServiceStub(channel).Interrupt(
             executor_service_pb2.InterruptRequest(execution_id="nope"), timeout=10)
     assert not reply.interrupted
@@ -189,7 +190,7 @@ def test_interrupt_of_nothing_says_so(executor: str) -> None:
 
 
 def test_describe_reports_the_device_and_the_catalog(executor: str) -> None:
-    with grpc.insecure_channel(executor) as channel:
+    with authed_channel(executor, internal_bearer()) as channel:
         description = executor_service_pb2_grpc.GpuExecutorServiceStub(channel).Describe(
             executor_service_pb2.DescribeRequest(include_catalog=True), timeout=30)
     assert description.device.kind in ("cpu", "cuda") and description.device.memory_total_bytes > 0

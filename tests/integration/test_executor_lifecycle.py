@@ -32,6 +32,7 @@ from comfymesh.executor.v1 import executor_service_pb2_grpc
 from gpu_executor.diffusion.models.testing import make_tiny_lora, make_tiny_sd1_checkpoint
 from service_runtime.processes import ManagedProcess, free_port
 from service_runtime.transport.graph_codec import graph_to_proto
+from tests.fixtures.auth import authed_channel, internal_bearer, secret_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,7 +125,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def describe(address: str, timeout: float = 10) -> pb.ExecutorDescription:
-    with grpc.insecure_channel(address) as channel:
+    with authed_channel(address, internal_bearer()) as channel:
         return executor_service_pb2_grpc.GpuExecutorServiceStub(channel).Describe(pb.DescribeRequest(),
                                                                                   timeout=timeout)
 
@@ -136,7 +137,7 @@ def start_executor(home: Path, **env: str) -> Running:
     port = free_port()
     environment = {**os.environ, "COMFYMESH_HOME": str(home), "COMFYMESH_EXECUTOR_PORT": str(port),
                    "COMFYMESH_METRICS_PORT": "0", "COMFYMESH_CUSTOM_NODES_DIRS": str(pack),
-                   "COMFYMESH_LOG_LEVEL": "INFO", **env}
+                   "COMFYMESH_LOG_LEVEL": "INFO", **secret_env(), **env}
     process = ManagedProcess([sys.executable, "-m", "gpu_executor", "serve"], log_path=home / "executor.log",
                              env=environment, cwd=ROOT, name="executor")
     started_at = time.monotonic()
@@ -162,7 +163,7 @@ def sleep_request(execution_id: str, seconds: float) -> pb.ExecuteRequest:
 
 def refused_reason(address: str, request: pb.ExecuteRequest) -> str:
     """The ErrorInfo reason an Execute is refused with (it must be refused)."""
-    with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as caught:
+    with authed_channel(address, internal_bearer()) as channel, pytest.raises(grpc.RpcError) as caught:
         list(executor_service_pb2_grpc.GpuExecutorServiceStub(channel).Execute(request, timeout=30))
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION, caught.value  # type: ignore[attr-defined]
     metadata: Any = caught.value.trailing_metadata() or ()  # type: ignore[attr-defined]
@@ -178,7 +179,7 @@ class Stream:
         self.events: list[epb.ExecutionEvent] = []
         self.error: BaseException | None = None
         self.ended_at = 0.0
-        self._channel = grpc.insecure_channel(address)
+        self._channel = authed_channel(address, internal_bearer())
         self._call = executor_service_pb2_grpc.GpuExecutorServiceStub(self._channel).Execute(request, timeout=120)
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()

@@ -29,6 +29,7 @@ from comfymesh.executor.v1 import executor_service_pb2_grpc
 from gpu_executor.diffusion.models.testing import make_tiny_lora, make_tiny_sd1_checkpoint
 from service_runtime.processes import ManagedProcess, SeaweedFSServer, free_port
 from service_runtime.transport.graph_codec import graph_to_proto
+from tests.fixtures.auth import authed_channel, internal_bearer, secret_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,7 +116,8 @@ def executor(tmp_path_factory: pytest.TempPathFactory, seaweedfs: SeaweedFSServe
            "COMFYMESH_METRICS_PORT": str(metrics_port), "COMFYMESH_S3_ENDPOINT": seaweedfs.endpoint,
            "COMFYMESH_S3_ACCESS_KEY": seaweedfs.access_key, "COMFYMESH_S3_SECRET_KEY": seaweedfs.secret_key,
            "COMFYMESH_S3_BUCKET_PREFIX": prefix, "COMFYMESH_MODELS_DIR": str(models),
-           "COMFYMESH_CUSTOM_NODES_DIRS": str(pack), "COMFYMESH_EXECUTOR_REGISTER": "false"}
+           "COMFYMESH_CUSTOM_NODES_DIRS": str(pack), "COMFYMESH_EXECUTOR_REGISTER": "false",
+           **secret_env()}
     process = ManagedProcess([sys.executable, "-m", "gpu_executor", "serve"], log_path=home / "executor.log",
                              env=env, cwd=ROOT, name="executor").start()
     try:
@@ -128,7 +130,7 @@ def executor(tmp_path_factory: pytest.TempPathFactory, seaweedfs: SeaweedFSServe
 
 
 def stub(address: str) -> executor_service_pb2_grpc.GpuExecutorServiceStub:
-    return executor_service_pb2_grpc.GpuExecutorServiceStub(grpc.insecure_channel(address))
+    return executor_service_pb2_grpc.GpuExecutorServiceStub(authed_channel(address, internal_bearer()))
 
 
 def run(address: str, graph: dict[str, Any], execution_id: str) -> list[epb.ExecutionEvent]:
@@ -219,7 +221,7 @@ def test_a_second_run_hits_the_loaded_model(executor: Executor) -> None:
 
 
 def test_a_model_only_in_the_object_store_is_fetched_verified_and_used(executor: Executor) -> None:
-    with grpc.insecure_channel(executor.address) as channel:
+    with authed_channel(executor.address, internal_bearer()) as channel:
         catalog = executor_service_pb2_grpc.GpuExecutorServiceStub(channel).Describe(
             pb.DescribeRequest(include_catalog=True), timeout=60).catalog
     loader = next(d for d in catalog if d.name == "CheckpointLoaderSimple")

@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-import grpc
 import pytest
 import redis.asyncio
 
@@ -26,6 +25,7 @@ from services.execution_store.domain import ExecutionRecord, ExecutionState
 from services.execution_store.events import EventLog
 from services.execution_store.lifecycle import new_event
 from services.execution_store.repository import ExecutionRepository
+from tests.fixtures.auth import authed_aio_channel, internal_bearer, secret_env
 from tests.integration.test_webhook_delivery import Receiver, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -39,7 +39,7 @@ def _start(tmp_path: Path, database_url: str, redis_url: str, **settings: str) -
            "COMFYMESH_METRICS_PORT": "0", "COMFYMESH_DATABASE_URL": database_url, "COMFYMESH_REDIS_URL": redis_url,
            "COMFYMESH_SHUTDOWN_GRACE_SECONDS": "1", "COMFYMESH_LOG_FORMAT": "text",
            "COMFYMESH_WEBHOOK_ALLOW_PRIVATE_URLS": "true", "COMFYMESH_WEBHOOK_ALLOW_HTTP": "true",
-           "COMFYMESH_WEBHOOK_RETRY_JITTER": "0", "COMFYMESH_WEBHOOK_POLL_INTERVAL_SECONDS": "0.1",
+           "COMFYMESH_WEBHOOK_RETRY_JITTER": "0", "COMFYMESH_WEBHOOK_POLL_INTERVAL_SECONDS": "0.1", **secret_env(),
            **{f"COMFYMESH_WEBHOOK_{k.upper()}": v for k, v in settings.items()}}
     process = ManagedProcess([sys.executable, "-m", "services.webhook"], log_path=tmp_path / "webhook.log", env=env,
                              cwd=ROOT, name="webhook")
@@ -51,7 +51,7 @@ def _start(tmp_path: Path, database_url: str, redis_url: str, **settings: str) -
 
 @asynccontextmanager
 async def _stub(address: str) -> AsyncIterator[webhook_service_pb2_grpc.WebhookServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with authed_aio_channel(address, internal_bearer()) as channel:
         yield webhook_service_pb2_grpc.WebhookServiceStub(channel)  # type: ignore[misc]
 
 

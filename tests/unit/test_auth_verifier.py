@@ -22,9 +22,7 @@ from service_runtime.auth.tiers import Limits, Tier, TierTable
 from service_runtime.auth.verifier import CredentialVerifier
 from service_runtime.errors import Reason, ServiceError, resource_exhausted
 from service_runtime.grpc import GrpcServer, ServiceBinding
-from service_runtime.grpc import server as server_module
 from service_runtime.grpc.contract import contract_only
-from service_runtime.grpc.interceptors import default_interceptors
 from service_runtime.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -145,9 +143,8 @@ async def test_a_failing_store_answers_unavailable_not_unknown(monkeypatch: pyte
     interceptor = AuthInterceptor(verifier, None)
     server = GrpcServer(Settings(metrics_port=0), "auth-unit", [ServiceBinding(
         "comfymesh.workflow.v1.WorkflowService", contract_only(workflow_service_pb2_grpc.WorkflowServiceServicer),
-        workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server)], port=0, host="127.0.0.1")
-    monkeypatch.setattr(server_module, "default_interceptors",
-                        lambda metrics, tracing: default_interceptors(metrics, tracing, auth=[interceptor]))
+        workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server)], port=0, host="127.0.0.1",
+        auth=interceptor)
     await server.start()
     try:
         async with grpc.aio.insecure_channel(server.address) as channel:
