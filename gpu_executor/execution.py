@@ -247,7 +247,7 @@ class ExecutionRunner:
             if request.HasField("deadline"):
                 deadline_task = asyncio.create_task(self._interrupt_at(request.deadline.ToNanoseconds() / 1e9))
             job = Job(uuid.uuid4().hex, request.execution_id, request.attempt, prompt, dirs["output"], dirs["temp"],
-                      dirs["input"], inputs)
+                      dirs["input"], inputs, tenant=request.tenant)
             async for item in self.supervisor.run(job):
                 if isinstance(item, WorkerLost):
                     await emit(failure_of(item), final=True)

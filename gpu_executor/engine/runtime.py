@@ -140,6 +140,24 @@ class ModelSource(Protocol):
 _source: ModelSource | None = None
 
 
+TENANTS_DIR = "tenants"  # ModelService's "<folder>/tenants/<tenant>/<name>": a tenant's own uploaded models
+DEFAULT_TENANT = "default"
+_tenant: contextvars.ContextVar[str] = contextvars.ContextVar("comfymesh_tenant", default="")
+
+
+def bind_tenant(tenant: str) -> contextvars.Token[str]:
+    """Binds the tenant of the running job: its own models are found first under their plain names."""
+    return _tenant.set(tenant)
+
+
+def unbind_tenant(token: contextvars.Token[str]) -> None:
+    _tenant.reset(token)
+
+
+def _is_tenant_path(name: str) -> bool:
+    return name.replace("\\", "/").split("/", 1)[0] == TENANTS_DIR
+
+
 def set_model_source(source: ModelSource | None) -> None:
     """Process-wide (the executor's worker sets it once): consulted after the bound folders."""
     global _source
@@ -161,7 +179,11 @@ def list_models(folder: str) -> list[str]:
     names = _local_models(folder)
     if _source is not None:
         names.update(_source.names(folder))
-    return sorted(names)
+    # Tenants' own models are not offered to everyone; a job sees its tenant's under their plain names.
+    tenant = _tenant.get()
+    own = f"{TENANTS_DIR}/{tenant}/"
+    mine = {n[len(own):] for n in names if tenant and tenant != DEFAULT_TENANT and n.startswith(own)}
+    return sorted({n for n in names if not _is_tenant_path(n)} | mine)
 
 
 def local_model_path(folder: str, name: str) -> Path | None:
@@ -176,7 +198,16 @@ def local_model_path(folder: str, name: str) -> Path | None:
 
 
 def model_path(folder: str, name: str) -> Path:
-    """The file for a model name: the bound folders first, then the model source (which may download it)."""
+    """The file for a model name: the job's tenant's own model first (when a tenant is bound), then the bound
+    folders, then the model source (which may download it). A graph cannot name another tenant's model: names
+    under "tenants/" are refused."""
+    if _is_tenant_path(name):
+        raise FileNotFoundError(f"model {name!r} not found in {folder}")
+    tenant = _tenant.get()
+    if tenant and tenant != DEFAULT_TENANT and _source is not None:
+        own = _source.path(folder, f"{TENANTS_DIR}/{tenant}/{name}")
+        if own is not None:
+            return own
     local = local_model_path(folder, name)
     if local is not None:
         if _source is not None:

@@ -38,6 +38,7 @@ class Job:
     temp_dir: Path
     input_dir: Path
     inputs: dict[str, Path] = field(default_factory=dict)
+    tenant: str = ""  # whose uploaded models the graph may name (runtime.bind_tenant)
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ def main(conn: Connection, interrupt: Any, config: WorkerConfig) -> None:
     from gpu_executor.diffusion import model_cache
     from gpu_executor.diffusion.text.conditioning import configure_tokenizer_dir
     from gpu_executor.engine import runtime
+    from gpu_executor.engine.cache import OutputCache
     from gpu_executor.engine.engine import Engine, ExecutionRequest
     from gpu_executor.engine.registry import build_registry
     from gpu_executor.model_tiers.resolver import ModelResolver
@@ -123,6 +125,7 @@ def main(conn: Connection, interrupt: Any, config: WorkerConfig) -> None:
     model_cache.add_listener(lambda: send(("cache", "", models.state())))
     registry = build_registry(list(config.custom_node_dirs))
     engine = Engine(registry)
+    cache_tenant = ""  # whose job last filled the engine's output cache
     problems = tuple((p.pack, p.node_class or "", str(p.error)) for p in registry.errors)
     send(("ready", "", Ready(registry.catalog(), registry.catalog_hash(), problems, models.state())))
     try:
@@ -142,7 +145,16 @@ def main(conn: Connection, interrupt: Any, config: WorkerConfig) -> None:
             job: Job = message
             request = ExecutionRequest(job.execution_id, job.prompt, job.output_dir, job.temp_dir, job.input_dir,
                                        dict(job.inputs))
-            engine.execute(request, _PipeSink(send, job.token), flag)
+            if job.tenant != cache_tenant:
+                # Cached node outputs (a loaded checkpoint, say) may come from another tenant's private model of
+                # the same name: never let them cross tenants.
+                engine.cache = OutputCache()
+                cache_tenant = job.tenant
+            tenant_token = runtime.bind_tenant(job.tenant)
+            try:
+                engine.execute(request, _PipeSink(send, job.token), flag)
+            finally:
+                runtime.unbind_tenant(tenant_token)
             send(("done", job.token, models.state()))
     finally:
         if resolver is not None:

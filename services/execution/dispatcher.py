@@ -88,6 +88,7 @@ class Attempt:
     executor: ExecutorEntry | None = None
     leased_at: float = field(default_factory=time.monotonic)
     deadline: float = 0.0  # epoch seconds the executor was told to interrupt the attempt at
+    placed: bool = False  # counted out of the dispatcher's `_placing`
 
     @property
     def execution_id(self) -> str:
@@ -175,6 +176,7 @@ class Dispatcher:
         self._running = running
         self._fleet_changed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._placing = 0  # leased jobs of this replica not yet holding an executor
 
     def fleet_changed(self) -> None:
         """Wakes placement (an executor registered or freed up in this process)."""
@@ -198,7 +200,9 @@ class Dispatcher:
             while True:
                 await self._slots.acquire()
                 try:
-                    while not await self._free_executors():
+                    # Lease only for an executor no leased job of ours is about to take: jobs leased ahead of
+                    # capacity would race each other for the next free executor and break priority order.
+                    while len(await self._free_executors()) <= self._placing:
                         await self._wait_fleet_change()
                     response = await self._queue.LeaseJob(qpb.LeaseJobRequest(
                         consumer=self.consumer, wait=duration_pb2.Duration(seconds=int(LEASE_WAIT_SECONDS)),
@@ -209,6 +213,7 @@ class Dispatcher:
                 if not response.HasField("lease"):
                     self._slots.release()
                     continue
+                self._placing += 1
                 task = asyncio.create_task(self._drive(response.lease), name=f"drive-{response.lease.job.job_id}")
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -216,6 +221,14 @@ class Dispatcher:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _placed(self, attempt: Attempt | None) -> None:
+        """The job holds an executor (or never will): the lease loop may take another job for the rest."""
+        if attempt is None or not attempt.placed:
+            self._placing -= 1
+            if attempt is not None:
+                attempt.placed = True
+            self.fleet_changed()
 
     async def _drive(self, lease: qpb.Lease) -> None:
         renewer: asyncio.Task[None] | None = None
@@ -244,6 +257,8 @@ class Dispatcher:
                 await self._settle_retry(attempt, _status(Reason.INTERNAL_ERROR, "the dispatcher failed")) \
                     if attempt else await self._complete(lease, qpb.COMPLETION_OUTCOME_RETRY)
         finally:
+            if attempt is None or not attempt.placed:
+                self._placed(attempt)
             if renewer is not None:
                 renewer.cancel()
             if attempt is not None and attempt.executor is not None:
@@ -294,6 +309,7 @@ class Dispatcher:
             if executor is None:
                 continue
             attempt.executor = executor
+            self._placed(attempt)
             outcome = await self._execute(attempt, executor)
             for _ in range(BUSY_RETRIES):
                 if outcome is not Outcome.BUSY:
@@ -338,7 +354,8 @@ class Dispatcher:
         record = attempt.record
         request = xpb.ExecuteRequest(
             execution_id=record.id, attempt=attempt.number, graph=graph_to_proto(record.graph),
-            inputs=input_files(record), output_prefix=f"executions/{record.id}/attempt-{attempt.number}")
+            inputs=input_files(record), output_prefix=f"executions/{record.id}/attempt-{attempt.number}",
+            tenant=record.tenant)
         timeout = record.run_timeout_seconds or self._default_run_timeout
         attempt.deadline = time.time() + timeout
         request.deadline.FromNanoseconds(int(attempt.deadline * 1e9))

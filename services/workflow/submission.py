@@ -17,6 +17,7 @@ import grpc.aio
 
 from comfymesh.queue.v1 import queue_service_pb2 as qpb
 from comfymesh.queue.v1 import queue_service_pb2_grpc as qgrpc
+from service_runtime.auth.interceptor import TENANT_METADATA
 from service_runtime.auth.quotas import SubmissionQuotas
 from service_runtime.errors import FieldViolation, Reason, ServiceError, invalid_argument
 from service_runtime.errors.status import from_rpc_error
@@ -82,7 +83,7 @@ class ExecutionSubmitter:
             if existing is not None:
                 return existing, await self.position(existing)
         names = [item.name for item in submission.inputs]
-        graph, result = await self.validate(submission.graph, names)
+        graph, result = await self.validate(submission.graph, submission.tenant, names)
         raise_if_invalid(result)
         if self._quotas is not None:  # queued / in-flight executions and the monthly budget, before the row exists
             await self._quotas.check(submission.tenant)
@@ -116,24 +117,27 @@ class ExecutionSubmitter:
         await self._lifecycle.queued(record, job.position)
         return record, job.position
 
-    async def validate(self, graph: Graph, input_files: list[str] | None = None) -> tuple[Graph, WorkflowValidation]:
+    async def validate(self, graph: Graph, tenant: str, input_files: list[str] | None = None
+                       ) -> tuple[Graph, WorkflowValidation]:
         """ValidateWorkflow's check: the fleet catalog plus the caller's uploaded models."""
         return await validate_graph(graph, self._catalog, input_files=input_files,
-                                    models=await self._uploaded_models(graph))
+                                    models=await self._uploaded_models(graph, tenant))
 
-    async def _uploaded_models(self, graph: Graph) -> dict[str, set[str]] | None:
+    async def _uploaded_models(self, graph: Graph, tenant: str) -> dict[str, set[str]] | None:
         """The caller's models in ModelService when the graph has a loader input (None: none needed, or the model
         service is unreachable — then the executors' own lists decide)."""
         if not any(is_model_input(name) for node in graph.values() if isinstance(node, dict)
                    for name in (node.get("inputs") or {})):
             return None
-        return await self.uploaded_models()
+        return await self.uploaded_models(tenant)
 
-    async def uploaded_models(self) -> dict[str, set[str]] | None:
+    async def uploaded_models(self, tenant: str) -> dict[str, set[str]] | None:
+        """Folder → the tenant's model names in ModelService (its own and the shared ones)."""
         if self._models is None:
             return None
         try:
-            return await self._models.names()
+            # The tenant is part of the cache key: one tenant's model names are never served to another.
+            return await self._models.names(((TENANT_METADATA, tenant),))
         except ServiceError:
             return None
 

@@ -154,10 +154,10 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
         self._files = WorkflowFiles(store, settings or Settings())
         self._operations = operations
 
-    async def _visible_catalog(self) -> list[catalog_pb2.NodeDefinition]:
+    async def _visible_catalog(self, tenant: str) -> list[catalog_pb2.NodeDefinition]:
         """The fleet's catalog, with the caller's uploaded models among the loaders' choices."""
         definitions = await self._catalog.definitions()
-        models = await self._operations.submitter.uploaded_models() if self._operations is not None else None
+        models = await self._operations.submitter.uploaded_models(tenant) if self._operations is not None else None
         return with_uploaded_models(definitions, models) if models else definitions
 
     def _ops(self, method: str) -> ExecutionOperations:
@@ -201,7 +201,8 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
                                ) -> workflow_service_pb2.ValidateWorkflowResponse:
         # A malformed encoding is INVALID_ARGUMENT; an invalid graph is a result (valid=false), not an error.
         plain = graph_from_request(request)
-        graph, result = await (self._operations.submitter.validate(plain) if self._operations is not None
+        graph, result = await (self._operations.submitter.validate(plain, caller_tenant(context))
+                               if self._operations is not None
                                else validate_graph(plain, self._catalog))
         response = workflow_service_pb2.ValidateWorkflowResponse(result=validation_to_proto(result))
         try:
@@ -239,7 +240,8 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
 
     async def ListNodes(self, request: workflow_service_pb2.ListNodesRequest,
                         context: grpc.aio.ServicerContext[Any, Any]) -> workflow_service_pb2.ListNodesResponse:
-        definitions = [d for d in await self._visible_catalog() if d.category.startswith(request.category)]
+        visible = await self._visible_catalog(caller_tenant(context))
+        definitions = [d for d in visible if d.category.startswith(request.category)]
         start = 0
         if request.page_token:
             start = next((i for i, d in enumerate(definitions) if d.name > request.page_token), len(definitions))
@@ -251,7 +253,7 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
 
     async def GetObjectInfo(self, request: workflow_service_pb2.GetObjectInfoRequest,
                             context: grpc.aio.ServicerContext[Any, Any]) -> httpbody_pb2.HttpBody:
-        catalog = {d.name: object_info_from_definition(d) for d in await self._visible_catalog()}
+        catalog = {d.name: object_info_from_definition(d) for d in await self._visible_catalog(caller_tenant(context))}
         return httpbody_pb2.HttpBody(content_type="application/json",
                                      data=json.dumps(catalog, separators=(",", ":")).encode())
 

@@ -146,7 +146,10 @@ def model_choices(models: Mapping[str, Collection[str]]) -> Callable[[str], Coll
             folders: tuple[str, ...] = ("text_encoders", "clip")
         else:
             folders = MODEL_FOLDERS.get(input_name, tuple(models))
-        return sorted({name for folder in folders for name in models.get(folder, ())})
+        # Storage paths of tenants' models ("tenants/<t>/<name>") are not names a graph may use: the executor
+        # finds a tenant's model under its plain name for that tenant only.
+        return sorted({name for folder in folders for name in models.get(folder, ())
+                       if not name.startswith("tenants/")})
 
     return choices
 

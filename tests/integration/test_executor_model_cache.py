@@ -105,6 +105,9 @@ def executor(tmp_path_factory: pytest.TempPathFactory, seaweedfs: SeaweedFSServe
     client.make_bucket(bucket)
     sha256 = file_sha256(checkpoint)
     client.fput_object(bucket, "checkpoints/remote.safetensors", str(checkpoint), metadata={"sha256": sha256})
+    # A tenant's own upload (ModelService's layout for a non-default tenant).
+    client.fput_object(bucket, "checkpoints/tenants/acme/mine.safetensors", str(checkpoint),
+                       metadata={"sha256": sha256})
     lora_sha256 = file_sha256(lora)
     client.fput_object(bucket, "loras/sidecar.safetensors", str(lora))  # its digest in a sidecar object
     sidecar = f"{lora_sha256}  sidecar.safetensors\n".encode()
@@ -342,3 +345,28 @@ def test_a_worker_that_dies_while_idle_is_replaced_and_its_models_reported_gone(
     events = run(executor.address, txt2img("local.safetensors", seed=9), "after-worker-death")
     assert events[-1].WhichOneof("kind") == "succeeded"
     assert stats(describe(executor.address), pb.CACHE_TIER_RAM).misses == counted.misses + 1  # loaded again
+
+
+def _run_as(address: str, graph: dict[str, Any], execution_id: str, tenant: str) -> list[epb.ExecutionEvent]:
+    request = pb.ExecuteRequest(execution_id=execution_id, attempt=1, graph=graph_to_proto(graph),
+                                output_prefix=f"executions/{execution_id}", tenant=tenant)
+    return list(stub(address).Execute(request, timeout=240))
+
+
+def test_a_tenants_own_models_are_its_alone(executor: Executor) -> None:
+    """A tenant's upload runs under its plain name for that tenant only; nobody can name it by its storage path,
+    and cached outputs of one tenant's job never serve another tenant's."""
+    with authed_channel(executor.address, internal_bearer()) as channel:
+        catalog = executor_service_pb2_grpc.GpuExecutorServiceStub(channel).Describe(
+            pb.DescribeRequest(include_catalog=True), timeout=60).catalog
+    loader = next(d for d in catalog if d.name == "CheckpointLoaderSimple")
+    assert "tenants/" not in loader.object_info_json  # private names are not offered to everyone
+
+    mine = _run_as(executor.address, txt2img("mine.safetensors", seed=5), "tenant-acme", "acme")
+    assert mine[-1].WhichOneof("kind") == "succeeded", mine[-1]
+    for execution_id, tenant, name in (("tenant-other", "other", "mine.safetensors"),
+                                       ("tenant-default", "", "mine.safetensors"),
+                                       ("tenant-path", "other", "tenants/acme/mine.safetensors"),
+                                       ("tenant-own-path", "acme", "tenants/acme/mine.safetensors")):
+        events = _run_as(executor.address, txt2img(name, seed=5), execution_id, tenant)
+        assert events[-1].WhichOneof("kind") == "failed", (execution_id, events[-1])

@@ -31,7 +31,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,comfymesh/executor/v1/executor_service.proto\x12\x15\x63omfymesh.executor.v1\x1a!comfymesh/common/v1/catalog.proto\x1a)comfymesh/common/v1/execution_event.proto\x1a\x1f\x63omfymesh/common/v1/graph.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x94\x02\n\x0e\x45xecuteRequest\x12\x1a\n\x0c\x65xecution_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x61ttempt\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x37\n\x05graph\x18\x03 \x01(\x0b\x32\".comfymesh.common.v1.WorkflowGraphB\x04\xe2\x41\x01\x02\x12.\n\x06inputs\x18\x04 \x03(\x0b\x32\x1e.comfymesh.common.v1.InputFile\x12\x1b\n\routput_prefix\x18\x05 \x01(\tB\x04\xe2\x41\x01\x02\x12,\n\x08\x64\x65\x61\x64line\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13preview_every_steps\x18\x07 \x01(\x05\"(\n\x10InterruptRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\"(\n\x11InterruptResponse\x12\x13\n\x0binterrupted\x18\x01 \x01(\x08\"*\n\x0f\x44\x65scribeRequest\x12\x17\n\x0finclude_catalog\x18\x01 \x01(\x08\"\xe2\x03\n\x13\x45xecutorDescription\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\x33\n\x05state\x18\x02 \x01(\x0e\x32$.comfymesh.executor.v1.ExecutorState\x12\x31\n\x06\x64\x65vice\x18\x03 \x01(\x0b\x32!.comfymesh.executor.v1.DeviceInfo\x12\x0e\n\x06\x65ngine\x18\x04 \x01(\t\x12\x14\n\x0c\x63\x61talog_hash\x18\x05 \x01(\t\x12\x34\n\x07\x63\x61talog\x18\x06 \x03(\x0b\x32#.comfymesh.common.v1.NodeDefinition\x12\x39\n\rcached_models\x18\x07 \x03(\x0b\x32\".comfymesh.executor.v1.CachedModel\x12:\n\x0b\x63\x61\x63he_stats\x18\x08 \x03(\x0b\x32%.comfymesh.executor.v1.CacheTierStats\x12\x1c\n\x14\x63urrent_execution_id\x18\t \x01(\t\x12\x1c\n\x14\x65xecutions_completed\x18\n \x01(\x03\x12\x0f\n\x07version\x18\x0b \x01(\t\x12.\n\nstart_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdc\x01\n\nDeviceInfo\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\x05\x12\x1a\n\x12memory_total_bytes\x18\x04 \x01(\x03\x12\x19\n\x11memory_free_bytes\x18\x05 \x01(\x03\x12\x1b\n\x13utilization_percent\x18\x06 \x01(\x01\x12\x1b\n\x13temperature_celsius\x18\x07 \x01(\x01\x12\x16\n\x0e\x64river_version\x18\x08 \x01(\t\x12\x1a\n\x12\x63ompute_capability\x18\t \x01(\t\"\xa3\x01\n\x0b\x43\x61\x63hedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12.\n\x04tier\x18\x03 \x01(\x0e\x32 .comfymesh.executor.v1.CacheTier\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x32\n\x0elast_used_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb6\x01\n\x0e\x43\x61\x63heTierStats\x12.\n\x04tier\x18\x01 \x01(\x0e\x32 .comfymesh.executor.v1.CacheTier\x12\x0c\n\x04hits\x18\x02 \x01(\x03\x12\x0e\n\x06misses\x18\x03 \x01(\x03\x12\x12\n\nbytes_used\x18\x04 \x01(\x03\x12\x16\n\x0e\x62ytes_capacity\x18\x05 \x01(\x03\x12\x14\n\x0c\x62ytes_loaded\x18\x06 \x01(\x03\x12\x14\n\x0cload_seconds\x18\x07 \x01(\x01\"\\\n\x15PrefetchModelsRequest\x12\x13\n\x0bmodel_names\x18\x01 \x03(\t\x12.\n\x04tier\x18\x02 \x01(\x0e\x32 .comfymesh.executor.v1.CacheTier\"y\n\x16PrefetchModelsResponse\x12\x32\n\x06models\x18\x01 \x03(\x0b\x32\".comfymesh.executor.v1.CachedModel\x12+\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration*\x81\x01\n\tCacheTier\x12\x1a\n\x16\x43\x41\x43HE_TIER_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43\x41\x43HE_TIER_GPU\x10\x01\x12\x12\n\x0e\x43\x41\x43HE_TIER_RAM\x10\x02\x12\x13\n\x0f\x43\x41\x43HE_TIER_DISK\x10\x03\x12\x1b\n\x17\x43\x41\x43HE_TIER_OBJECT_STORE\x10\x04*\x9b\x01\n\rExecutorState\x12\x1e\n\x1a\x45XECUTOR_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45XECUTOR_STATE_STARTING\x10\x01\x12\x17\n\x13\x45XECUTOR_STATE_IDLE\x10\x02\x12\x17\n\x13\x45XECUTOR_STATE_BUSY\x10\x03\x12\x1b\n\x17\x45XECUTOR_STATE_DRAINING\x10\x04\x32\xa0\x04\n\x12GpuExecutorService\x12x\n\x07\x45xecute\x12%.comfymesh.executor.v1.ExecuteRequest\x1a#.comfymesh.common.v1.ExecutionEvent\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x14/v1/executor:execute:\x01*0\x01\x12\x81\x01\n\tInterrupt\x12\'.comfymesh.executor.v1.InterruptRequest\x1a(.comfymesh.executor.v1.InterruptResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/executor:interrupt:\x01*\x12t\n\x08\x44\x65scribe\x12&.comfymesh.executor.v1.DescribeRequest\x1a*.comfymesh.executor.v1.ExecutorDescription\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/executor\x12\x95\x01\n\x0ePrefetchModels\x12,.comfymesh.executor.v1.PrefetchModelsRequest\x1a-.comfymesh.executor.v1.PrefetchModelsResponse\"&\x82\xd3\xe4\x93\x02 \"\x1b/v1/executor:prefetchModels:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,comfymesh/executor/v1/executor_service.proto\x12\x15\x63omfymesh.executor.v1\x1a!comfymesh/common/v1/catalog.proto\x1a)comfymesh/common/v1/execution_event.proto\x1a\x1f\x63omfymesh/common/v1/graph.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa4\x02\n\x0e\x45xecuteRequest\x12\x1a\n\x0c\x65xecution_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x61ttempt\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x37\n\x05graph\x18\x03 \x01(\x0b\x32\".comfymesh.common.v1.WorkflowGraphB\x04\xe2\x41\x01\x02\x12.\n\x06inputs\x18\x04 \x03(\x0b\x32\x1e.comfymesh.common.v1.InputFile\x12\x1b\n\routput_prefix\x18\x05 \x01(\tB\x04\xe2\x41\x01\x02\x12,\n\x08\x64\x65\x61\x64line\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13preview_every_steps\x18\x07 \x01(\x05\x12\x0e\n\x06tenant\x18\x08 \x01(\t\"(\n\x10InterruptRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\"(\n\x11InterruptResponse\x12\x13\n\x0binterrupted\x18\x01 \x01(\x08\"*\n\x0f\x44\x65scribeRequest\x12\x17\n\x0finclude_catalog\x18\x01 \x01(\x08\"\xe2\x03\n\x13\x45xecutorDescription\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\x33\n\x05state\x18\x02 \x01(\x0e\x32$.comfymesh.executor.v1.ExecutorState\x12\x31\n\x06\x64\x65vice\x18\x03 \x01(\x0b\x32!.comfymesh.executor.v1.DeviceInfo\x12\x0e\n\x06\x65ngine\x18\x04 \x01(\t\x12\x14\n\x0c\x63\x61talog_hash\x18\x05 \x01(\t\x12\x34\n\x07\x63\x61talog\x18\x06 \x03(\x0b\x32#.comfymesh.common.v1.NodeDefinition\x12\x39\n\rcached_models\x18\x07 \x03(\x0b\x32\".comfymesh.executor.v1.CachedModel\x12:\n\x0b\x63\x61\x63he_stats\x18\x08 \x03(\x0b\x32%.comfymesh.executor.v1.CacheTierStats\x12\x1c\n\x14\x63urrent_execution_id\x18\t \x01(\t\x12\x1c\n\x14\x65xecutions_completed\x18\n \x01(\x03\x12\x0f\n\x07version\x18\x0b \x01(\t\x12.\n\nstart_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdc\x01\n\nDeviceInfo\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\x05\x12\x1a\n\x12memory_total_bytes\x18\x04 \x01(\x03\x12\x19\n\x11memory_free_bytes\x18\x05 \x01(\x03\x12\x1b\n\x13utilization_percent\x18\x06 \x01(\x01\x12\x1b\n\x13temperature_celsius\x18\x07 \x01(\x01\x12\x16\n\x0e\x64river_version\x18\x08 \x01(\t\x12\x1a\n\x12\x63ompute_capability\x18\t \x01(\t\"\xa3\x01\n\x0b\x43\x61\x63hedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12.\n\x04tier\x18\x03 \x01(\x0e\x32 .comfymesh.executor.v1.CacheTier\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x32\n\x0elast_used_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb6\x01\n\x0e\x43\x61\x63heTierStats\x12.\n\x04tier\x18\x01 \x01(\x0e\x32 .comfymesh.executor.v1.CacheTier\x12\x0c\n\x04hits\x18\x02 \x01(\x03\x12\x0e\n\x06misses\x18\x03 \x01(\x03\x12\x12\n\nbytes_used\x18\x04 \x01(\x03\x12\x16\n\x0e\x62ytes_capacity\x18\x05 \x01(\x03\x12\x14\n\x0c\x62ytes_loaded\x18\x06 \x01(\x03\x12\x14\n\x0cload_seconds\x18\x07 \x01(\x01\"\\\n\x15PrefetchModelsRequest\x12\x13\n\x0bmodel_names\x18\x01 \x03(\t\x12.\n\x04tier\x18\x02 \x01(\x0e\x32 .comfymesh.executor.v1.CacheTier\"y\n\x16PrefetchModelsResponse\x12\x32\n\x06models\x18\x01 \x03(\x0b\x32\".comfymesh.executor.v1.CachedModel\x12+\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration*\x81\x01\n\tCacheTier\x12\x1a\n\x16\x43\x41\x43HE_TIER_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43\x41\x43HE_TIER_GPU\x10\x01\x12\x12\n\x0e\x43\x41\x43HE_TIER_RAM\x10\x02\x12\x13\n\x0f\x43\x41\x43HE_TIER_DISK\x10\x03\x12\x1b\n\x17\x43\x41\x43HE_TIER_OBJECT_STORE\x10\x04*\x9b\x01\n\rExecutorState\x12\x1e\n\x1a\x45XECUTOR_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45XECUTOR_STATE_STARTING\x10\x01\x12\x17\n\x13\x45XECUTOR_STATE_IDLE\x10\x02\x12\x17\n\x13\x45XECUTOR_STATE_BUSY\x10\x03\x12\x1b\n\x17\x45XECUTOR_STATE_DRAINING\x10\x04\x32\xa0\x04\n\x12GpuExecutorService\x12x\n\x07\x45xecute\x12%.comfymesh.executor.v1.ExecuteRequest\x1a#.comfymesh.common.v1.ExecutionEvent\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x14/v1/executor:execute:\x01*0\x01\x12\x81\x01\n\tInterrupt\x12\'.comfymesh.executor.v1.InterruptRequest\x1a(.comfymesh.executor.v1.InterruptResponse\"!\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/executor:interrupt:\x01*\x12t\n\x08\x44\x65scribe\x12&.comfymesh.executor.v1.DescribeRequest\x1a*.comfymesh.executor.v1.ExecutorDescription\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/executor\x12\x95\x01\n\x0ePrefetchModels\x12,.comfymesh.executor.v1.PrefetchModelsRequest\x1a-.comfymesh.executor.v1.PrefetchModelsResponse\"&\x82\xd3\xe4\x93\x02 \"\x1b/v1/executor:prefetchModels:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -54,30 +54,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GPUEXECUTORSERVICE'].methods_by_name['Describe']._serialized_options = b'\202\323\344\223\002\016\022\014/v1/executor'
   _globals['_GPUEXECUTORSERVICE'].methods_by_name['PrefetchModels']._loaded_options = None
   _globals['_GPUEXECUTORSERVICE'].methods_by_name['PrefetchModels']._serialized_options = b'\202\323\344\223\002 \"\033/v1/executor:prefetchModels:\001*'
-  _globals['_CACHETIER']._serialized_start=1994
-  _globals['_CACHETIER']._serialized_end=2123
-  _globals['_EXECUTORSTATE']._serialized_start=2126
-  _globals['_EXECUTORSTATE']._serialized_end=2281
+  _globals['_CACHETIER']._serialized_start=2010
+  _globals['_CACHETIER']._serialized_end=2139
+  _globals['_EXECUTORSTATE']._serialized_start=2142
+  _globals['_EXECUTORSTATE']._serialized_end=2297
   _globals['_EXECUTEREQUEST']._serialized_start=311
-  _globals['_EXECUTEREQUEST']._serialized_end=587
-  _globals['_INTERRUPTREQUEST']._serialized_start=589
-  _globals['_INTERRUPTREQUEST']._serialized_end=629
-  _globals['_INTERRUPTRESPONSE']._serialized_start=631
-  _globals['_INTERRUPTRESPONSE']._serialized_end=671
-  _globals['_DESCRIBEREQUEST']._serialized_start=673
-  _globals['_DESCRIBEREQUEST']._serialized_end=715
-  _globals['_EXECUTORDESCRIPTION']._serialized_start=718
-  _globals['_EXECUTORDESCRIPTION']._serialized_end=1200
-  _globals['_DEVICEINFO']._serialized_start=1203
-  _globals['_DEVICEINFO']._serialized_end=1423
-  _globals['_CACHEDMODEL']._serialized_start=1426
-  _globals['_CACHEDMODEL']._serialized_end=1589
-  _globals['_CACHETIERSTATS']._serialized_start=1592
-  _globals['_CACHETIERSTATS']._serialized_end=1774
-  _globals['_PREFETCHMODELSREQUEST']._serialized_start=1776
-  _globals['_PREFETCHMODELSREQUEST']._serialized_end=1868
-  _globals['_PREFETCHMODELSRESPONSE']._serialized_start=1870
-  _globals['_PREFETCHMODELSRESPONSE']._serialized_end=1991
-  _globals['_GPUEXECUTORSERVICE']._serialized_start=2284
-  _globals['_GPUEXECUTORSERVICE']._serialized_end=2828
+  _globals['_EXECUTEREQUEST']._serialized_end=603
+  _globals['_INTERRUPTREQUEST']._serialized_start=605
+  _globals['_INTERRUPTREQUEST']._serialized_end=645
+  _globals['_INTERRUPTRESPONSE']._serialized_start=647
+  _globals['_INTERRUPTRESPONSE']._serialized_end=687
+  _globals['_DESCRIBEREQUEST']._serialized_start=689
+  _globals['_DESCRIBEREQUEST']._serialized_end=731
+  _globals['_EXECUTORDESCRIPTION']._serialized_start=734
+  _globals['_EXECUTORDESCRIPTION']._serialized_end=1216
+  _globals['_DEVICEINFO']._serialized_start=1219
+  _globals['_DEVICEINFO']._serialized_end=1439
+  _globals['_CACHEDMODEL']._serialized_start=1442
+  _globals['_CACHEDMODEL']._serialized_end=1605
+  _globals['_CACHETIERSTATS']._serialized_start=1608
+  _globals['_CACHETIERSTATS']._serialized_end=1790
+  _globals['_PREFETCHMODELSREQUEST']._serialized_start=1792
+  _globals['_PREFETCHMODELSREQUEST']._serialized_end=1884
+  _globals['_PREFETCHMODELSRESPONSE']._serialized_start=1886
+  _globals['_PREFETCHMODELSRESPONSE']._serialized_end=2007
+  _globals['_GPUEXECUTORSERVICE']._serialized_start=2300
+  _globals['_GPUEXECUTORSERVICE']._serialized_end=2844
 # @@protoc_insertion_point(module_scope)

@@ -101,6 +101,7 @@ class ExecuteRequest(_message.Message):
     OUTPUT_PREFIX_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
     PREVIEW_EVERY_STEPS_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     execution_id: _builtins.str
     """The execution id."""
     attempt: _builtins.int
@@ -109,6 +110,11 @@ class ExecuteRequest(_message.Message):
     """Object-store key prefix under which outputs are written, e.g. "executions/{id}/attempt-1/"."""
     preview_every_steps: _builtins.int
     """Emit a preview every N sampler steps (0 = no previews)."""
+    tenant: _builtins.str
+    """The tenant the execution belongs to: model names its graph uses are looked up among that tenant's models
+    first (ModelService stores them under "<folder>/tenants/<tenant>/<name>"), then among the shared ones. Names
+    under "tenants/" cannot be named by a graph directly. Empty or "default": the shared models only.
+    """
     @_builtins.property
     def graph(self) -> _graph_pb2.WorkflowGraph:
         """The graph."""
@@ -131,10 +137,11 @@ class ExecuteRequest(_message.Message):
         output_prefix: _builtins.str = ...,
         deadline: _timestamp_pb2.Timestamp | None = ...,
         preview_every_steps: _builtins.int = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "graph", b"graph"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "deadline", b"deadline", "execution_id", b"execution_id", "graph", b"graph", "inputs", b"inputs", "output_prefix", b"output_prefix", "preview_every_steps", b"preview_every_steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "deadline", b"deadline", "execution_id", b"execution_id", "graph", b"graph", "inputs", b"inputs", "output_prefix", b"output_prefix", "preview_every_steps", b"preview_every_steps", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
