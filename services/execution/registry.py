@@ -89,6 +89,24 @@ def _summary(executor_id: str, address: str, description: xpb.ExecutorDescriptio
         drain=drain, current_execution_id=description.current_execution_id)
 
 
+@dataclass(frozen=True)
+class CatalogGroupView:
+    """Live executors sharing one catalog."""
+
+    catalog_hash: str
+    engine: str
+    executor_count: int
+    node_classes: frozenset[str]
+
+
+@dataclass(frozen=True)
+class FleetCatalogView:
+    nodes: list[catalog_pb2.NodeDefinition]
+    catalog_hash: str
+    executor_count: int
+    groups: list[CatalogGroupView]
+
+
 @dataclass
 class FleetCounts:
     free: int = 0
@@ -205,21 +223,28 @@ class ExecutorRegistry:
         raw = await self._redis.get(self._catalog_key(catalog_hash))
         return list(xpb.ExecutorDescription.FromString(as_bytes(raw)).catalog) if raw else []
 
-    async def fleet_catalog(self) -> tuple[list[catalog_pb2.NodeDefinition], str, int]:
-        """The union of the live executors' catalogs (the latest registered wins per class), its hash, and the
-        number of executors."""
+    async def fleet_catalog(self, only_hash: str = "") -> FleetCatalogView:
+        """The union of the live executors' catalogs (the latest registered wins per class), its hash, the number
+        of executors, and the executors grouped by catalog. `only_hash`: that group's catalog alone (None when no
+        live executor has it)."""
         executors = sorted(await self.live(), key=lambda e: e.register_time)
+        if only_hash:
+            executors = [e for e in executors if e.catalog_hash == only_hash]
         merged: dict[str, catalog_pb2.NodeDefinition] = {}
         hashes: list[str] = []
         seen: dict[str, list[catalog_pb2.NodeDefinition]] = {}
+        members: dict[str, list[ExecutorEntry]] = {}
         for entry in executors:
             if entry.catalog_hash not in seen:
                 seen[entry.catalog_hash] = await self.catalog(entry.catalog_hash)
             for definition in seen[entry.catalog_hash]:
                 merged[definition.name] = definition
             hashes.append(entry.catalog_hash)
+            members.setdefault(entry.catalog_hash, []).append(entry)
+        groups = sorted((CatalogGroupView(h, entries[-1].engine, len(entries), entries[-1].node_classes)
+                         for h, entries in members.items()), key=lambda g: (-g.executor_count, g.catalog_hash))
         fleet_hash = f"{len(executors)}:" + ",".join(sorted(set(hashes)))
-        return [merged[name] for name in sorted(merged)], fleet_hash, len(executors)
+        return FleetCatalogView([merged[name] for name in sorted(merged)], fleet_hash, len(executors), groups)
 
     # --- Reservations: one execution per executor across dispatcher replicas ---
 

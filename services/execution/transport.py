@@ -14,7 +14,7 @@ from comfymesh.execution.v1 import execution_service_pb2_grpc as egrpc
 from comfymesh.executor.v1 import executor_service_pb2 as xpb
 from comfymesh.queue.v1 import queue_service_pb2 as qpb
 from comfymesh.queue.v1 import queue_service_pb2_grpc as qgrpc
-from service_runtime.errors import FieldViolation, invalid_argument, not_found
+from service_runtime.errors import FieldViolation, Reason, invalid_argument, not_found
 from service_runtime.pagination import PageSize, PageTokenCodec
 from services.execution.dispatcher import ExecutorChannels, RunningIndex
 from services.execution.registry import ExecutorEntry, ExecutorRegistry
@@ -119,8 +119,14 @@ class ExecutionServicer(egrpc.ExecutionServiceServicer):
 
     async def GetFleetCatalog(self, request: epb.GetFleetCatalogRequest,
                               context: grpc.aio.ServicerContext[Any, Any]) -> epb.FleetCatalog:
-        nodes, catalog_hash, count = await self._registry.fleet_catalog()
-        return epb.FleetCatalog(nodes=nodes, catalog_hash=catalog_hash, executor_count=count)
+        fleet = await self._registry.fleet_catalog(request.catalog_hash)
+        if request.catalog_hash and not fleet.executor_count:
+            raise not_found(f"no live executor has the catalog {request.catalog_hash!r}",
+                            Reason.NO_CAPABLE_EXECUTOR, catalog_hash=request.catalog_hash)
+        groups = [epb.CatalogGroup(catalog_hash=g.catalog_hash, engine=g.engine, executor_count=g.executor_count,
+                                   node_classes=sorted(g.node_classes)) for g in fleet.groups]
+        return epb.FleetCatalog(nodes=fleet.nodes, executor_count=fleet.executor_count, groups=groups,
+                                catalog_hash=request.catalog_hash or fleet.catalog_hash)
 
     async def InterruptExecution(self, request: epb.InterruptExecutionRequest,
                                  context: grpc.aio.ServicerContext[Any, Any]) -> epb.InterruptExecutionResponse:

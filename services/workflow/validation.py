@@ -17,6 +17,8 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
+
 from gpu_executor.engine.catalog_registry import registry_from_object_info, with_extra_choices, with_input_files
 from gpu_executor.engine.errors import NodeError, NodeErrorType, ValidationResult
 from gpu_executor.engine.graph import Graph as EngineGraph
@@ -26,7 +28,7 @@ from gpu_executor.engine.validation import validate
 from service_runtime.errors import FieldViolation, Reason, ServiceError, invalid_argument
 from service_runtime.transport.catalog_codec import object_info_from_definition
 from service_runtime.transport.graph_codec import Graph
-from services.workflow.catalog import ExecutorCatalog
+from services.workflow.catalog import Candidate, ExecutorCatalog
 
 MODEL_NOT_FOUND = "model_not_found"  # ComfyMesh's type for a combo value naming a model no executor has
 MODEL_NOT_FOUND_MESSAGE = "Model not found"
@@ -115,19 +117,52 @@ def _checked_graph(original: Graph, checked: EngineGraph) -> Graph:
     return plain
 
 
-# The registry built from a catalog's definitions, kept while the catalog serves the same list (its cache).
-_registries: weakref.WeakKeyDictionary[ExecutorCatalog, tuple[list[Any], NodeRegistry]] = weakref.WeakKeyDictionary()
+# The registries built from a catalog's definitions (per candidate key: "" the union, else a group's catalog hash),
+# kept while the catalog serves the same list (its cache).
+_registries: weakref.WeakKeyDictionary[ExecutorCatalog, dict[str, tuple[list[Any], NodeRegistry]]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _registry_of(catalog: ExecutorCatalog, candidate: Candidate) -> NodeRegistry:
+    kept = _registries.setdefault(catalog, {})
+    cached = kept.get(candidate.key)
+    if cached is not None and cached[0] is candidate.definitions:
+        return cached[1]
+    registry = registry_from_object_info({d.name: object_info_from_definition(d) for d in candidate.definitions})
+    kept[candidate.key] = (candidate.definitions, registry)
+    return registry
 
 
 async def catalog_registry(catalog: ExecutorCatalog) -> NodeRegistry:
-    """Node specs for the fleet's current catalog (raises UNAVAILABLE NO_CAPABLE_EXECUTOR when there is none)."""
-    definitions = await catalog.definitions()
-    cached = _registries.get(catalog)
-    if cached is not None and cached[0] is definitions:
-        return cached[1]
-    registry = registry_from_object_info({d.name: object_info_from_definition(d) for d in definitions})
-    _registries[catalog] = (definitions, registry)
-    return registry
+    """Node specs for the fleet's current catalog, the union of every executor's (raises UNAVAILABLE
+    NO_CAPABLE_EXECUTOR when there is none)."""
+    return _registry_of(catalog, Candidate("", await catalog.definitions()))
+
+
+def _class_types(graph: Graph) -> set[str]:
+    return {node["class_type"] for node in graph.values()
+            if isinstance(node, dict) and isinstance(node.get("class_type"), str)}
+
+
+async def _candidate_registries(graph: Graph, catalog: ExecutorCatalog) -> list[NodeRegistry]:
+    """The registries of the executor groups that could take the graph (a fleet may mix engines, and a graph runs
+    only where one executor offers every class it uses). When the classes exist in the fleet but no single group
+    offers them all, that is the error; when some class exists nowhere, the union's validation reports it."""
+    needed = _class_types(graph)
+    candidates = await catalog.candidates(needed)
+    if candidates:
+        return [_registry_of(catalog, candidate) for candidate in candidates]
+    union = await catalog.definitions()
+    if not needed <= {d.name for d in union}:
+        return [_registry_of(catalog, Candidate("", union))]
+    groups = await catalog.groups()
+    offered = "; ".join(f"{g.engine or 'executor'} ({g.executor_count}): {', '.join(sorted(needed & g.node_classes))}"
+                        for g in groups)
+    raise ServiceError(
+        grpc.StatusCode.FAILED_PRECONDITION, Reason.NO_CAPABLE_EXECUTOR,
+        f"no executor offers every node class this graph uses; each group of executors offers only part of them "
+        f"({offered})", {"class_types": _joined(sorted(needed)),
+                         "engines": _joined(sorted({g.engine for g in groups}))})
 
 
 # ComfyUI's loader inputs → the model folders their choices come from (an input not listed accepts any folder).
@@ -166,13 +201,20 @@ async def validate_graph(graph: Graph, catalog: ExecutorCatalog, *,
     caller's models in ModelService, accepted as loader choices beyond what the executors listed (an executor
     fetches such a model from the object store when a graph names it).
     """
-    registry = await catalog_registry(catalog)
-    if input_files is not None:
-        registry = with_input_files(registry, input_files)
-    if models:
-        registry = with_extra_choices(registry, model_choices(models))
-    checked, result = validate(graph, registry)
-    return _checked_graph(graph, checked), _from_engine(result, checked, registry)
+    first: tuple[Graph, WorkflowValidation] | None = None
+    for candidate in await _candidate_registries(graph, catalog):
+        registry = candidate
+        if input_files is not None:
+            registry = with_input_files(registry, input_files)
+        if models:
+            registry = with_extra_choices(registry, model_choices(models))
+        checked, result = validate(graph, registry)
+        outcome = _checked_graph(graph, checked), _from_engine(result, checked, registry)
+        if outcome[1].valid:
+            return outcome
+        first = first or outcome  # the largest group's complaints, if no group accepts the graph
+    assert first is not None
+    return first
 
 
 def _field(issue: ValidationIssue) -> str:

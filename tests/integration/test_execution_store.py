@@ -135,8 +135,24 @@ async def test_registry_registers_heartbeats_expires_and_reserves(client: redis.
                                 catalog_pb2.NodeDefinition(name="KSampler")])
     entry = await registry.register("ex-1", "127.0.0.1:1", description, {"pool": "test"})
     assert entry.node_classes == {"SaveImage", "KSampler"} and entry.labels == {"pool": "test"}
-    nodes, catalog_hash, count = await registry.fleet_catalog()
-    assert [n.name for n in nodes] == ["KSampler", "SaveImage"] and count == 1 and "c1" in catalog_hash
+    fleet = await registry.fleet_catalog()
+    assert [n.name for n in fleet.nodes] == ["KSampler", "SaveImage"] and fleet.executor_count == 1
+    assert "c1" in fleet.catalog_hash
+    assert [(g.catalog_hash, g.engine, g.executor_count) for g in fleet.groups] == [("c1", "builtin", 1)]
+    # A second engine: the union grows, and the groups keep each engine's own classes apart.
+    other = xpb.ExecutorDescription(state=xpb.EXECUTOR_STATE_IDLE, engine="comfyui", catalog_hash="c9",
+                                    device=description.device)
+    other.catalog.extend([catalog_pb2.NodeDefinition(name="SaveImage"),
+                          catalog_pb2.NodeDefinition(name="UNETLoader")])
+    await registry.register("ex-2", "127.0.0.1:2", other, {})
+    fleet = await registry.fleet_catalog()
+    assert [n.name for n in fleet.nodes] == ["KSampler", "SaveImage", "UNETLoader"] and fleet.executor_count == 2
+    assert {(g.engine, g.node_classes) for g in fleet.groups} == {
+        ("builtin", frozenset({"SaveImage", "KSampler"})), ("comfyui", frozenset({"SaveImage", "UNETLoader"}))}
+    only = await registry.fleet_catalog("c9")
+    assert [n.name for n in only.nodes] == ["SaveImage", "UNETLoader"] and only.executor_count == 1
+    assert (await registry.fleet_catalog("nope")).executor_count == 0
+    await registry.deregister("ex-2")
 
     beat = xpb.ExecutorDescription(state=xpb.EXECUTOR_STATE_BUSY, current_execution_id="e1")
     beat.cached_models.add(name="m.safetensors", tier=xpb.CACHE_TIER_RAM)

@@ -32,7 +32,7 @@ from service_runtime.processes import free_port
 from service_runtime.settings import Settings
 from service_runtime.transport.catalog_codec import definition_from_object_info, object_info_from_definition
 from service_runtime.transport.graph_codec import graph_from_proto, graph_to_json, graph_to_proto
-from services.workflow.catalog import ExecutorCatalog
+from services.workflow.catalog import CatalogGroup, ExecutorCatalog
 from services.workflow.convert import validation_to_proto
 from services.workflow.transport import WorkflowServicer
 from services.workflow.validation import (
@@ -473,3 +473,46 @@ async def test_no_executor_means_unavailable() -> None:
         await catalog.close()
     code, reason, _ = _error(caught.value)
     assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "NO_CAPABLE_EXECUTOR")
+
+
+class GroupedCatalog(ExecutorCatalog):
+    """A fleet that mixes catalogs (e.g. built-in executors beside ComfyUI ones), without the fleet."""
+
+    def __init__(self, groups: dict[str, tuple[str, int, list[catalog_pb2.NodeDefinition]]]) -> None:
+        super().__init__(lambda: cast(Any, None))
+        self._by_hash = {h: defs for h, (_, _, defs) in groups.items()}
+        union = {d.name: d for _, _, defs in groups.values() for d in defs}
+        self._union = [union[name] for name in sorted(union)]
+        self._groups = tuple(sorted((CatalogGroup(h, engine, count, frozenset(d.name for d in defs))
+                                     for h, (engine, count, defs) in groups.items()),
+                                    key=lambda g: -g.executor_count))
+
+    async def definitions(self) -> list[catalog_pb2.NodeDefinition]:
+        return self._union
+
+    async def _definitions_of(self, catalog_hash: str) -> list[catalog_pb2.NodeDefinition]:
+        return self._by_hash[catalog_hash]
+
+
+async def test_mixed_fleet_validates_against_the_group_that_can_run_the_graph(
+        definitions: list[catalog_pb2.NodeDefinition]) -> None:
+    without_sampler = [d for d in definitions if d.name != "KSampler"]
+    catalog = GroupedCatalog({"a": ("builtin", 3, without_sampler), "b": ("comfyui", 1, definitions)})
+    assert [c.key for c in await catalog.candidates({"KSampler", "SaveImage"})] == ["b"]
+    assert [c.key for c in await catalog.candidates({"SaveImage"})] == ["a", "b"]  # the largest group first
+    _, result = await validate_graph(txt2img(), catalog)
+    assert result.valid
+
+
+async def test_graph_no_single_executor_can_run_is_refused(definitions: list[catalog_pb2.NodeDefinition]) -> None:
+    sampler_only = [d for d in definitions if d.name in ("KSampler", "SaveImage")]
+    rest = [d for d in definitions if d.name != "KSampler"]
+    catalog = GroupedCatalog({"a": ("builtin", 2, rest), "b": ("comfyui", 1, sampler_only)})
+    with pytest.raises(ServiceError) as caught:
+        await validate_graph(txt2img(), catalog)
+    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert caught.value.reason == Reason.NO_CAPABLE_EXECUTOR
+    assert "KSampler" in caught.value.metadata["class_types"] and caught.value.metadata["engines"] == "builtin,comfyui"
+    # A class no executor has at all is still the graph's own error, named per node.
+    _, result = await validate_graph(txt2img(**{"3": {**txt2img()["3"], "class_type": "NoSuchSampler"}}), catalog)
+    assert not result.valid and result.node_errors["3"].class_type == "NoSuchSampler"

@@ -463,12 +463,19 @@ class GetFleetCatalogRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    CATALOG_HASH_FIELD_NUMBER: _builtins.int
+    catalog_hash: _builtins.str
+    """When set, the catalog of the executors with this catalog hash only (one group, see FleetCatalog.groups):
+    NOT_FOUND when no live executor has it. Empty: the union of the whole fleet.
+    """
     def __init__(
         self,
+        *,
+        catalog_hash: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_hash", b"catalog_hash"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -483,6 +490,7 @@ class FleetCatalog(_message.Message):
     NODES_FIELD_NUMBER: _builtins.int
     CATALOG_HASH_FIELD_NUMBER: _builtins.int
     EXECUTOR_COUNT_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
     catalog_hash: _builtins.str
     """Identifies this catalog: it changes when any live executor's catalog changes or the fleet changes."""
     executor_count: _builtins.int
@@ -493,17 +501,61 @@ class FleetCatalog(_message.Message):
         node pack versions, different model lists), the definition of the most recently registered one wins.
         """
 
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___CatalogGroup]:
+        """The fleet grouped by catalog, largest group first: the executors of a group offer exactly the same node
+        definitions (same engine, node packs and model lists). A graph can run only where one group offers every node
+        class it uses, so validation checks it against the groups that do (a fleet may mix engines).
+        """
+
     def __init__(
         self,
         *,
         nodes: _abc.Iterable[_catalog_pb2.NodeDefinition] | None = ...,
         catalog_hash: _builtins.str = ...,
         executor_count: _builtins.int = ...,
+        groups: _abc.Iterable[Global___CatalogGroup] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_hash", b"catalog_hash", "executor_count", b"executor_count", "nodes", b"nodes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_hash", b"catalog_hash", "executor_count", b"executor_count", "groups", b"groups", "nodes", b"nodes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FleetCatalog: _TypeAlias = FleetCatalog  # noqa: Y015
+
+@_typing.final
+class CatalogGroup(_message.Message):
+    """Executors that share one node catalog."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CATALOG_HASH_FIELD_NUMBER: _builtins.int
+    ENGINE_FIELD_NUMBER: _builtins.int
+    EXECUTOR_COUNT_FIELD_NUMBER: _builtins.int
+    NODE_CLASSES_FIELD_NUMBER: _builtins.int
+    catalog_hash: _builtins.str
+    """The catalog's hash (GetFleetCatalogRequest.catalog_hash fetches its definitions)."""
+    engine: _builtins.str
+    """The engine the group's executors run: "builtin" or "comfyui"."""
+    executor_count: _builtins.int
+    """Live executors in the group."""
+    @_builtins.property
+    def node_classes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The node classes the group offers, sorted."""
+
+    def __init__(
+        self,
+        *,
+        catalog_hash: _builtins.str = ...,
+        engine: _builtins.str = ...,
+        executor_count: _builtins.int = ...,
+        node_classes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_hash", b"catalog_hash", "engine", b"engine", "executor_count", b"executor_count", "node_classes", b"node_classes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CatalogGroup: _TypeAlias = CatalogGroup  # noqa: Y015
