@@ -331,8 +331,11 @@ class Dispatcher:
         if live and not rank(live, attempt.needs):
             # Executors exist but none can ever run this graph (its classes or memory): fail it, do not hog.
             missing = sorted(attempt.needs.node_classes - set().union(*(e.node_classes for e in live)))
+            problem = (f"no executor offers the node classes {missing}" if missing else
+                       "no single executor offers every node class of this graph (each engine in the fleet offers "
+                       "only part of them)")
             await self._lifecycle.fail(attempt.record, attempt.number, _status(
-                Reason.NO_CAPABLE_EXECUTOR, f"no executor offers the node classes {missing} or enough memory",
+                Reason.NO_CAPABLE_EXECUTOR, f"{problem}, or enough memory",
                 grpc.StatusCode.FAILED_PRECONDITION, missing_node_classes=",".join(missing)))
             await self._complete(attempt.lease, qpb.COMPLETION_OUTCOME_ACK)
             raise SettledError

@@ -165,7 +165,8 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
             raise not_implemented(method)
         return self._operations
 
-    async def _with_position(self, message: execution_pb2.Execution, position: int) -> execution_pb2.Execution:
+    @staticmethod
+    def _with_position(message: execution_pb2.Execution, position: int) -> execution_pb2.Execution:
         if message.state == execution_event_pb2.EXECUTION_STATE_QUEUED:
             message.queue_position = position
         return message
@@ -176,7 +177,7 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
         record, position = await ops.submitter.submit(submission_from_request(caller_tenant(context), request))
         message = execution_to_proto(record)
         message.last_event_id = await ops.events.last_event_id(record.id)
-        return await self._with_position(message, position)
+        return self._with_position(message, position)
 
     async def CancelExecution(self, request: workflow_service_pb2.CancelExecutionRequest,
                               context: grpc.aio.ServicerContext[Any, Any]) -> execution_pb2.Execution:
