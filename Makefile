@@ -56,9 +56,11 @@ buf-breaking: proto $(NODE_STAMP)
 
 lint: $(VENV_STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/shellcheck examples/rest/*.sh docker/comfyui/*.sh
 
 typecheck: $(VENV_STAMP)
-	$(VENV)/bin/mypy service_runtime services gpu_executor gateway launcher tools
+	$(VENV)/bin/mypy service_runtime services gpu_executor gateway launcher tools comfymesh/client comfymesh/cli \
+		examples/make_demo_checkpoint.py
 
 pytest: venv
 	$(VENV)/bin/pytest

@@ -1,0 +1,318 @@
+"""The blocking client: `ComfyMesh(url, api_key)`; executions at the top, `models`, `keys` and `webhooks` beside."""
+
+from __future__ import annotations
+
+import builtins
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Self, TypeVar
+
+import grpc
+
+from comfymesh.auth.v1 import auth_service_pb2 as auth_pb
+from comfymesh.auth.v1 import auth_service_pb2_grpc as auth_grpc
+from comfymesh.client import _requests as requests
+from comfymesh.client._channel import call_metadata, default_api_key, default_url, open_channel, parse_target
+from comfymesh.client._watch import Deadline, ReconnectPolicy, WatchCursor
+from comfymesh.client.errors import ComfyMeshError, DeadlineExceededError, from_rpc_error
+from comfymesh.client.events import Event, ExecutionState
+from comfymesh.client.workflow import Override
+from comfymesh.common.v1 import catalog_pb2
+from comfymesh.model.v1 import model_service_pb2 as model_pb
+from comfymesh.model.v1 import model_service_pb2_grpc as model_grpc
+from comfymesh.queue.v1 import queue_service_pb2 as queue_pb
+from comfymesh.queue.v1 import queue_service_pb2_grpc as queue_grpc
+from comfymesh.webhook.v1 import webhook_service_pb2 as webhook_pb
+from comfymesh.webhook.v1 import webhook_service_pb2_grpc as webhook_grpc
+from comfymesh.workflow.v1 import execution_pb2
+from comfymesh.workflow.v1 import workflow_service_pb2 as workflow_pb
+from comfymesh.workflow.v1 import workflow_service_pb2_grpc as workflow_grpc
+
+T = TypeVar("T")
+DEFAULT_TIMEOUT = 30.0
+TRANSFER_TIMEOUT = 600.0  # model uploads and output downloads move real bytes
+
+
+class _Calls:
+    """Runs calls with the credential and a deadline, turning grpc errors into typed ComfyMesh errors."""
+
+    def __init__(self, api_key: str | None, timeout: float) -> None:
+        self.metadata = call_metadata(api_key)
+        self.timeout = timeout
+
+    def unary(self, method: Callable[..., T], request: object, timeout: float | None = None) -> T:
+        try:
+            return method(request, metadata=self.metadata, timeout=timeout or self.timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    def stream(self, method: Callable[..., Iterator[T]], request: object,
+               timeout: float | None = None) -> Iterator[T]:
+        call = method(request, metadata=self.metadata, timeout=timeout)
+        try:
+            yield from call
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        finally:
+            cancel = getattr(call, "cancel", None)
+            if callable(cancel):
+                cancel()  # the caller stopped early: free the stream now, not at garbage collection
+
+
+class ComfyMesh:
+    """A connection to a ComfyMesh gateway (or one service) with an API key.
+
+    `url` defaults to COMFYMESH_URL, else 127.0.0.1:8080; `api_key` to COMFYMESH_API_KEY, else the local
+    platform's `$COMFYMESH_HOME/admin.key`. Use it as a context manager, or call `close()`.
+    """
+
+    def __init__(self, url: str | None = None, api_key: str | None = None, *, timeout: float = DEFAULT_TIMEOUT,
+                 reconnect: ReconnectPolicy | None = None) -> None:
+        self.target = parse_target(url or default_url())
+        self._channel = open_channel(self.target)
+        self._calls = _Calls(api_key if api_key is not None else default_api_key(), timeout)
+        self._reconnect = reconnect or ReconnectPolicy()
+        self._workflow = workflow_grpc.WorkflowServiceStub(self._channel)
+        self._queue = queue_grpc.QueueServiceStub(self._channel)
+        self._auth = auth_grpc.AuthServiceStub(self._channel)
+        self.models = Models(model_grpc.ModelServiceStub(self._channel), self._calls)
+        self.keys = Keys(self._auth, self._calls)
+        self.webhooks = Webhooks(webhook_grpc.WebhookServiceStub(self._channel), self._calls)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    # --- executions ---
+
+    def submit(self, workflow: requests.WorkflowSource, *, overrides: Iterable[Override | str] = (),
+               inputs: Mapping[str, bytes | str | os.PathLike[str]] | None = None, priority: int = 0,
+               labels: Mapping[str, str] | None = None, request_id: str | None = None, webhook_url: str = "",
+               queue_timeout: float | timedelta | None = None,
+               run_timeout: float | timedelta | None = None) -> execution_pb2.Execution:
+        """Queues a workflow (a `workflow_api.json` path, a dict, or a Workflow) with overrides applied.
+
+        `inputs` maps the names nodes read (e.g. LoadImage's `image`) to files or bytes; they are uploaded first.
+        Returns at once with the QUEUED execution; follow it with `watch` or `wait`.
+        """
+        keys = {name: self.upload_input(source, name) for name, source in (inputs or {}).items()}
+        request = requests.submit_request(workflow, overrides=overrides, priority=priority, inputs=keys,
+                                          labels=labels, request_id=request_id, webhook_url=webhook_url,
+                                          queue_timeout=queue_timeout, run_timeout=run_timeout)
+        return self._calls.unary(self._workflow.SubmitExecution, request)
+
+    def validate(self, workflow: requests.WorkflowSource, *,
+                 overrides: Iterable[Override | str] = ()) -> workflow_pb.ValidateWorkflowResponse:
+        """Checks a workflow against the fleet's catalog without running it."""
+        graph = requests.as_workflow(workflow).with_overrides(overrides)
+        return self._calls.unary(self._workflow.ValidateWorkflow,
+                                 workflow_pb.ValidateWorkflowRequest(workflow_json=graph.to_json()))
+
+    def upload_input(self, source: bytes | str | os.PathLike[str], name: str) -> str:
+        """Uploads an input file; returns the object key a submission references."""
+        filename, data = requests.input_bytes(source, name)
+        response = self._calls.unary(self._workflow.UploadInput, workflow_pb.UploadInputRequest(
+            filename=filename, data=data), timeout=TRANSFER_TIMEOUT)
+        return response.object_key
+
+    def get(self, execution_id: str) -> execution_pb2.Execution:
+        """An execution with its state, timings, error and outputs."""
+        return self._calls.unary(self._workflow.GetExecution, workflow_pb.GetExecutionRequest(id=execution_id))
+
+    def list(self, *, states: Iterable[ExecutionState | str] = (), labels: Mapping[str, str] | None = None,
+             limit: int | None = None, page_size: int = 0) -> Iterator[execution_pb2.Execution]:
+        """The caller's executions, newest first, across pages (at most `limit`)."""
+        request = requests.list_request(states=states, labels=labels, page_size=page_size)
+        yielded = 0
+        while True:
+            page = self._calls.unary(self._workflow.ListExecutions, request)
+            for execution in page.executions:
+                if limit is not None and yielded >= limit:
+                    return
+                yield execution
+                yielded += 1
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
+    def cancel(self, execution_id: str, reason: str = "") -> execution_pb2.Execution:
+        """Cancels a queued or running execution (EXECUTION_FINISHED when it already ended)."""
+        return self._calls.unary(self._workflow.CancelExecution,
+                                 workflow_pb.CancelExecutionRequest(id=execution_id, reason=reason))
+
+    def watch(self, execution_id: str, *, after_event_id: str = "", include_previews: bool = False,
+              include_heartbeats: bool = False, timeout: float | None = None) -> Iterator[Event]:
+        """The execution's typed events, replayed then live, ending with the terminal event.
+
+        A dropped connection is resumed from the last event seen, so no event is lost or repeated. With `timeout`,
+        DeadlineExceededError is raised when the terminal event has not come within that many seconds.
+        """
+        cursor = WatchCursor(execution_id, after_event_id=after_event_id, include_previews=include_previews,
+                             include_heartbeats=include_heartbeats, policy=self._reconnect)
+        deadline = Deadline(execution_id, timeout)
+        while not cursor.finished:
+            error: ComfyMeshError | None = None
+            try:
+                for message in self._calls.stream(self._workflow.WatchExecution, cursor.request(),
+                                                  timeout=deadline.remaining()):
+                    event = cursor.accept(message)
+                    if event is not None:
+                        yield event
+                    if cursor.finished:
+                        return
+            except DeadlineExceededError as exc:
+                raise deadline.expired() if deadline.bounded else exc from None
+            except ComfyMeshError as exc:
+                error = exc
+            delay = cursor.retry_delay(error)
+            deadline.remaining()  # raises when the deadline passed while the stream was down
+            time.sleep(delay)
+
+    def wait(self, execution_id: str, *, timeout: float | None = None,
+             on_event: Callable[[Event], None] | None = None) -> execution_pb2.Execution:
+        """Follows the execution to its end and returns it (check `.state`); DeadlineExceededError after `timeout`."""
+        for event in self.watch(execution_id, timeout=timeout):
+            if on_event is not None:
+                on_event(event)
+        return self.get(execution_id)
+
+    def download_outputs(self, execution: str | execution_pb2.Execution,
+                         directory: str | os.PathLike[str]) -> builtins.list[Path]:
+        """Saves every output file under `directory` (keeping subfolders); returns their paths."""
+        found = self.get(execution) if isinstance(execution, str) else execution
+        target = Path(directory)
+        paths: builtins.list[Path] = []
+        for output in found.outputs:
+            path = requests.output_path(target, output)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(path.name + ".part")
+            with partial.open("wb") as file:
+                for body in self._calls.stream(self._workflow.DownloadOutput, workflow_pb.DownloadOutputRequest(
+                        id=found.id, filename=requests.output_name(output)), timeout=TRANSFER_TIMEOUT):
+                    file.write(body.data)
+            partial.replace(path)  # a reader never sees half a file under the final name
+            paths.append(path)
+        return paths
+
+    # --- the fleet ---
+
+    def nodes(self, *, category: str = "") -> builtins.list[catalog_pb2.NodeDefinition]:
+        """The node classes the fleet can run."""
+        return builtins.list(self._calls.unary(self._workflow.ListNodes,
+                                               workflow_pb.ListNodesRequest(category=category)).nodes)
+
+    def queue_stats(self) -> queue_pb.QueueStats:
+        """Queue depth per priority, running jobs, executors, wait times."""
+        return self._calls.unary(self._queue.GetQueueStats, queue_pb.GetQueueStatsRequest())
+
+    def whoami(self) -> auth_pb.WhoAmIResponse:
+        """The caller's principal, tenant and scopes."""
+        return self._calls.unary(self._auth.WhoAmI, auth_pb.WhoAmIRequest())
+
+
+class Models:
+    """Model files: upload (streamed, with progress), list, get, delete."""
+
+    def __init__(self, stub: model_grpc.ModelServiceStub, calls: _Calls) -> None:
+        self._stub = stub
+        self._calls = calls
+
+    def upload(self, path: str | os.PathLike[str], kind: str | int, *, name: str | None = None,
+               progress: requests.ProgressCallback | None = None,
+               request_id: str | None = None) -> model_pb.Model:
+        """Streams a safetensors file; `progress(sent, total)` is called after each chunk."""
+        file = Path(path)
+        messages = requests.upload_model_messages(file, name=name or file.name, kind=requests.model_kind(kind),
+                                                  request_id=request_id or str(uuid.uuid4()), progress=progress)
+        return self._calls.unary(self._stub.UploadModel, messages, timeout=TRANSFER_TIMEOUT)
+
+    def get(self, model_id: str) -> model_pb.Model:
+        return self._calls.unary(self._stub.GetModel, model_pb.GetModelRequest(model_id=model_id))
+
+    def list(self, *, kind: str | int | None = None, name_contains: str = "") -> Iterator[model_pb.Model]:
+        """Models visible to the caller, by name, across pages."""
+        request = model_pb.ListModelsRequest(name_contains=name_contains)
+        if kind is not None:
+            request.kind = requests.model_kind(kind)
+        while True:
+            page = self._calls.unary(self._stub.ListModels, request)
+            yield from page.models
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
+    def delete(self, model_id: str) -> None:
+        """Deletes a model (MODEL_IN_USE while queued or running executions reference it)."""
+        self._calls.unary(self._stub.DeleteModel, model_pb.DeleteModelRequest(model_id=model_id))
+
+
+class Keys:
+    """API keys: create (the secret is returned once), list, revoke."""
+
+    def __init__(self, stub: auth_grpc.AuthServiceStub, calls: _Calls) -> None:
+        self._stub = stub
+        self._calls = calls
+
+    def create(self, display_name: str = "", *, scopes: Iterable[str] = (), ttl: float | timedelta | None = None,
+               principal_id: str = "") -> auth_pb.CreateApiKeyResponse:
+        request = auth_pb.CreateApiKeyRequest(display_name=display_name, scopes=builtins.list(scopes),
+                                              principal_id=principal_id, request_id=str(uuid.uuid4()))
+        if (lifetime := requests.duration(ttl)) is not None:
+            request.ttl.CopyFrom(lifetime)
+        return self._calls.unary(self._stub.CreateApiKey, request)
+
+    def list(self, *, principal_id: str = "") -> Iterator[auth_pb.ApiKey]:
+        request = auth_pb.ListApiKeysRequest(principal_id=principal_id)
+        while True:
+            page = self._calls.unary(self._stub.ListApiKeys, request)
+            yield from page.api_keys
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
+    def revoke(self, key_id: str) -> auth_pb.ApiKey:
+        return self._calls.unary(self._stub.RevokeApiKey, auth_pb.RevokeApiKeyRequest(key_id=key_id))
+
+
+class Webhooks:
+    """Webhook subscriptions: create (the signing secret is returned once), list, get, delete."""
+
+    def __init__(self, stub: webhook_grpc.WebhookServiceStub, calls: _Calls) -> None:
+        self._stub = stub
+        self._calls = calls
+
+    def create(self, url: str, *, event_types: Iterable[str] = (),
+               progress_interval: float | timedelta | None = None) -> webhook_pb.CreateSubscriptionResponse:
+        subscription = webhook_pb.Subscription(url=url, event_types=requests.webhook_event_types(event_types))
+        if (interval := requests.duration(progress_interval)) is not None:
+            subscription.progress_interval.CopyFrom(interval)
+        return self._calls.unary(self._stub.CreateSubscription, webhook_pb.CreateSubscriptionRequest(
+            subscription=subscription, request_id=str(uuid.uuid4())))
+
+    def get(self, subscription_id: str) -> webhook_pb.Subscription:
+        return self._calls.unary(self._stub.GetSubscription,
+                                 webhook_pb.GetSubscriptionRequest(subscription_id=subscription_id))
+
+    def list(self) -> Iterator[webhook_pb.Subscription]:
+        request = webhook_pb.ListSubscriptionsRequest()
+        while True:
+            page = self._calls.unary(self._stub.ListSubscriptions, request)
+            yield from page.subscriptions
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
+    def delete(self, subscription_id: str) -> None:
+        self._calls.unary(self._stub.DeleteSubscription,
+                          webhook_pb.DeleteSubscriptionRequest(subscription_id=subscription_id))
