@@ -119,6 +119,12 @@ def _stored(client: httpx.Client, name: str, sha256: str) -> dict[str, Any] | No
     return next((m for m in listed.get("models", []) if m["name"] == name and m.get("sha256") == sha256), None)
 
 
+def gateway_url(value: str) -> str:
+    """The gateway as a URL: `host:port` (what the comfymesh CLI and COMFYMESH_URL also take) means plain http."""
+    value = value.strip().rstrip("/")
+    return value if "://" in value else f"http://{value}"
+
+
 def upload(path: Path, url: str, api_key: str, name: str = DEMO_CHECKPOINT) -> dict[str, Any]:
     """Uploads the checkpoint through ModelService's presigned flow (create → PUT → complete); returns the Model.
 
@@ -145,7 +151,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] = os.environ) -> 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None, help="the file to write, or a directory to write it in")
     parser.add_argument("--upload", action="store_true", help="also upload it through ModelService")
-    parser.add_argument("--url", default=env.get("COMFYMESH_URL") or DEFAULT_URL, help="the gateway (REST)")
+    parser.add_argument("--url", default=env.get("COMFYMESH_URL") or DEFAULT_URL, help="gateway: host:port or URL")
     parser.add_argument("--api-key", default=None, help="default: $COMFYMESH_API_KEY, then the admin key file")
     parser.add_argument("--name", default=DEMO_CHECKPOINT, help="the model name to upload it as")
     args = parser.parse_args(argv)
@@ -153,7 +159,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] = os.environ) -> 
         path = write_checkpoint(resolve_destination(args.out, env))
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
         if args.upload:
-            model = upload(path, args.url.rstrip("/"), args.api_key or default_api_key(env), args.name)
+            model = upload(path, gateway_url(args.url), args.api_key or default_api_key(env), args.name)
             print(f"uploaded {model['name']} as model {model['model_id']} ({model.get('architecture', '')})")
     except (DemoCheckpointError, httpx.HTTPError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

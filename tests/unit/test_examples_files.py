@@ -129,3 +129,12 @@ def test_the_demo_checkpoint_api_key_defaults(demo: Any, tmp_path: Path) -> None
     assert demo.default_api_key({"COMFYMESH_HOME": str(tmp_path)}) == "cm_admin"
     with pytest.raises(demo.DemoCheckpointError, match="no API key"):
         demo.default_api_key({"COMFYMESH_HOME": str(tmp_path / "nowhere")})
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ("127.0.0.1:8080", "http://127.0.0.1:8080"),  # what the CLI and COMFYMESH_URL take
+    ("http://gw.example:8080/", "http://gw.example:8080"),
+    ("https://gw.example", "https://gw.example"),
+])
+def test_checkpoint_script_takes_the_gateway_as_the_cli_does(demo: ModuleType, given: str, expected: str) -> None:
+    assert demo.gateway_url(given) == expected
