@@ -1,9 +1,11 @@
 """`python -m gpu_executor serve`: the GPU executor's gRPC server (COMFYMESH_EXECUTOR_PORT);
 `python -m gpu_executor run-graph GRAPH.json --output-dir DIR`: run a graph locally (see run_graph.py).
 
-Execute runs graphs in a supervised worker process and streams their events; Describe serves the device, the node
-catalog and the model cache tiers; PrefetchModels loads models ahead of time. The executor registers with the
-execution service and heartbeats (COMFYMESH_EXECUTOR_REGISTER), and drains on SIGTERM (see app.py).
+Execute runs graphs in a supervised worker process (or, with COMFYMESH_EXECUTOR_ENGINE=comfyui, on a ComfyUI
+server the executor starts and supervises or attaches to: gpu_executor/comfyui/) and streams their events; Describe
+serves the device, the node catalog and the model cache tiers; PrefetchModels loads models ahead of time. The
+executor registers with the execution service and heartbeats (COMFYMESH_EXECUTOR_REGISTER), and drains on SIGTERM
+(see app.py).
 
 The server process imports no torch: the worker process builds the engine and holds the models, so the server
 answers within a second or two of its start.

@@ -29,6 +29,7 @@ from gpu_executor.model_tiers.resolver import ResolverConfig, StoreConfig
 from gpu_executor.model_tiers.state import CacheView
 from gpu_executor.telemetry.metrics import export_cache_state, register_executor_collector
 from gpu_executor.transport import ExecutorServicer
+from gpu_executor.worker.backend import ExecutionBackend
 from gpu_executor.worker.child import WorkerConfig
 from gpu_executor.worker.supervisor import WorkerLost, WorkerSupervisor
 from service_runtime.auth.interceptor import auth_interceptor
@@ -42,16 +43,30 @@ STREAM_FLUSH_SECONDS = 5.0  # after draining: how long the finished streams get 
 WATCHDOG_SECONDS = 2.0
 
 
-def worker_config(settings: Settings) -> WorkerConfig:
+def resolver_config(settings: Settings) -> ResolverConfig:
     store = None
     if settings.s3_endpoint:
         store = StoreConfig(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key,
                             f"{settings.s3_bucket_prefix}-models", secure=settings.s3_secure,
                             region=settings.s3_region)
     cache_dir = (settings.model_cache_dir or settings.home / "model-cache").resolve()
-    resolver = ResolverConfig(settings.models_dir, cache_dir, settings.executor_disk_cache_bytes, store)
-    return WorkerConfig(tuple(settings.custom_node_paths), settings.models_dir, settings.tokenizer_dir, resolver,
-                        settings.executor_ram_cache_bytes, settings.executor_gpu_cache_bytes)
+    return ResolverConfig(settings.models_dir, cache_dir, settings.executor_disk_cache_bytes, store)
+
+
+def worker_config(settings: Settings) -> WorkerConfig:
+    return WorkerConfig(tuple(settings.custom_node_paths), settings.models_dir, settings.tokenizer_dir,
+                        resolver_config(settings), settings.executor_ram_cache_bytes,
+                        settings.executor_gpu_cache_bytes)
+
+
+def make_backend(settings: Settings) -> ExecutionBackend:
+    """The engine that runs graphs (COMFYMESH_EXECUTOR_ENGINE): the built-in one in a supervised worker process, or
+    ComfyUI (started from COMFYMESH_COMFYUI_PATH, or attached at COMFYMESH_COMFYUI_URL)."""
+    if settings.executor_engine == "comfyui":
+        from gpu_executor.comfyui.backend import ComfyUIBackend, ComfyUIConfig
+
+        return ComfyUIBackend(ComfyUIConfig.from_settings(settings, resolver_config(settings)))
+    return WorkerSupervisor(worker_config(settings), interrupt_grace=settings.interrupt_grace_seconds)
 
 
 def load_graph(path: Path) -> Any:
@@ -68,13 +83,14 @@ class ExecutorApp:
         self.labels = parse_labels(settings.executor_labels)  # a bad label fails the start, before serving
         self.warmup_graph = load_graph(settings.executor_warmup_graph) if settings.executor_warmup_graph else None
         self.view = CacheView()
-        self.supervisor = WorkerSupervisor(worker_config(settings), interrupt_grace=settings.interrupt_grace_seconds)
+        self.supervisor = make_backend(settings)
         self.supervisor.on_state = lambda state: export_cache_state(self.view, state)
         self.supervisor.on_worker_lost = self.view.worker_replaced
         store = ObjectStore.from_settings(settings) if settings.s3_endpoint else None
         self.runner = ExecutionRunner(settings, self.supervisor, store)
         self.executor_id = settings.executor_id or f"{socket.gethostname()}:{port}"
-        self.servicer = ExecutorServicer(lambda: self.executor_id, self.runner, self.supervisor, self.view)
+        self.servicer = ExecutorServicer(lambda: self.executor_id, self.runner, self.supervisor, self.view,
+                                         settings.executor_engine)
         binding = ServiceBinding(SERVICE_NAME, self.servicer,
                                  executor_service_pb2_grpc.add_GpuExecutorServiceServicer_to_server)
         # Only the execution service's dispatcher calls an executor: the internal credential alone is accepted.
@@ -109,7 +125,7 @@ class ExecutorApp:
         try:
             await self.supervisor.start()
         except Exception as exc:
-            log.exception("the worker process did not start")
+            log.exception("the %s engine did not start", self.settings.executor_engine)
             self.runner.startup_finished(f"{type(exc).__name__}: {exc}")
             self.exit_code = 1
             self.request_stop()

@@ -25,21 +25,26 @@ from pathlib import Path
 from typing import Any, cast
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2
 
 from comfymesh.common.v1 import execution_event_pb2 as pb
 from comfymesh.executor.v1 import executor_service_pb2
 from gpu_executor.engine import events
+from gpu_executor.engine.errors import ValidationResult
 from gpu_executor.events_proto import to_proto
 from gpu_executor.io.inputs import InputSpec, materialize_inputs
 from gpu_executor.model_tiers.state import PrefetchOutcome
+from gpu_executor.worker.backend import ExecutionBackend
 from gpu_executor.worker.child import Job
-from gpu_executor.worker.supervisor import WorkerLost, WorkerSupervisor, failure_of
+from gpu_executor.worker.supervisor import WorkerLost, failure_of
 from service_runtime.errors import FieldViolation, Reason, ServiceError, invalid_argument, not_found, unavailable
 from service_runtime.object_store import ObjectStore
 from service_runtime.settings import Settings
 from service_runtime.transport.graph_codec import graph_from_proto
 
 REPLAY_ATTEMPTS_KEPT = 32
+MAX_FIELD_VIOLATIONS = 50
 STARTUP_WAIT_SECONDS = 600.0
 logger = logging.getLogger(__name__)
 
@@ -73,7 +78,7 @@ def _validate(request: executor_service_pb2.ExecuteRequest) -> None:
 
 
 class ExecutionRunner:
-    def __init__(self, settings: Settings, supervisor: WorkerSupervisor, store: ObjectStore | None) -> None:
+    def __init__(self, settings: Settings, supervisor: ExecutionBackend, store: ObjectStore | None) -> None:
         self.settings = settings
         self.supervisor = supervisor
         self.store = store
@@ -224,6 +229,8 @@ class ExecutionRunner:
             message = event if isinstance(event, pb.ExecutionEvent) else to_proto(
                 event, execution_id=request.execution_id, attempt=request.attempt, sequence=sequence,
                 now=time.time(), outputs=outputs)
+            if isinstance(event, events.Failed) and isinstance(event.validation, ValidationResult):
+                message.failed.error.details.append(_bad_request(event.validation))
             if final:
                 # Free before the terminal event leaves: the dispatcher sends the next job as soon as it sees it.
                 self._finish(key)
@@ -317,6 +324,22 @@ class ExecutionRunner:
                                        type=ref.type, content_type=content_type, size_bytes=info.size,
                                        sha256=digest, width=width, height=height, object_key=key))
         return files
+
+
+def _bad_request(result: ValidationResult) -> any_pb2.Any:
+    """Each validation error as a field violation (the workflow service's field names), for the caller to show
+    which node input is wrong."""
+    violations = []
+    for error in result.all_errors()[:MAX_FIELD_VIOLATIONS]:
+        field_name = f'graph.nodes["{error.node_id}"]' if error.node_id else "graph"
+        if error.node_id and error.input_name:
+            field_name += f".inputs.{error.input_name}"
+        description = f"{error.message}: {error.details}" if error.details else error.message
+        violations.append(error_details_pb2.BadRequest.FieldViolation(field=field_name, description=description,
+                                                                     reason=str(error.type).upper()))
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.BadRequest(field_violations=violations))
+    return detail
 
 
 def _describe_file(path: Path) -> tuple[str, int, int]:

@@ -21,7 +21,7 @@ from comfymesh.executor.v1 import executor_service_pb2_grpc
 from gpu_executor.execution import ExecutionRunner
 from gpu_executor.model_tiers.state import CachedEntry, CacheView, TierStats
 from gpu_executor.telemetry.gpu import describe_devices
-from gpu_executor.worker.supervisor import WorkerSupervisor
+from gpu_executor.worker.backend import ExecutionBackend
 from service_runtime.errors import FieldViolation, invalid_argument
 from service_runtime.transport.catalog_codec import definition_from_object_info
 
@@ -52,9 +52,10 @@ def tier_stats(stats: TierStats) -> pb.CacheTierStats:
 
 
 class ExecutorServicer(executor_service_pb2_grpc.GpuExecutorServiceServicer):
-    def __init__(self, executor_id: Callable[[], str], runner: ExecutionRunner, supervisor: WorkerSupervisor,
-                 view: CacheView) -> None:
+    def __init__(self, executor_id: Callable[[], str], runner: ExecutionRunner, supervisor: ExecutionBackend,
+                 view: CacheView, engine: str = "builtin") -> None:
         self._executor_id = executor_id
+        self._engine = engine
         self._runner = runner
         self._supervisor = supervisor
         self._view = view
@@ -87,7 +88,7 @@ class ExecutorServicer(executor_service_pb2_grpc.GpuExecutorServiceServicer):
         device = (await asyncio.to_thread(describe_devices))[0]  # NVML when there is a GPU, else the CPU
         ready = self._supervisor.ready
         description = pb.ExecutorDescription(
-            executor_id=self._executor_id(), engine="builtin", state=self.state(),
+            executor_id=self._executor_id(), engine=self._engine, state=self.state(),
             current_execution_id=self._runner.current[0] if self._runner.current else "",
             executions_completed=self._runner.completed,
             catalog_hash=ready.catalog_hash if ready is not None else "", version=VERSION,

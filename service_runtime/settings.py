@@ -140,6 +140,32 @@ class Settings(BaseSettings):
     executor_gpu_cache_bytes: int = Field(
         0, description="Byte budget of models the executor keeps in GPU memory (0: 80% of the device's memory)."
     )
+    executor_engine: Literal["builtin", "comfyui"] = Field(
+        "builtin", description="What runs the executor's graphs: 'builtin' (ComfyMesh's engine in a supervised "
+                               "worker process) or 'comfyui' (a ComfyUI server, see COMFYMESH_COMFYUI_*)."
+    )
+    comfyui_path: Path | None = Field(
+        None, description="ComfyUI checkout (holding main.py) the executor starts and supervises on a private port "
+                          "when COMFYMESH_EXECUTOR_ENGINE=comfyui."
+    )
+    comfyui_python: str = Field(
+        "", description="Python interpreter that runs ComfyUI's main.py (default: the executor's own)."
+    )
+    comfyui_url: str = Field(
+        "", description="Base URL of a running ComfyUI to attach to instead of starting one (e.g. "
+                        "'http://127.0.0.1:8188'); it is then not supervised: while it is down, jobs fail retryably."
+    )
+    comfyui_extra_args: str = Field(
+        "", description="Extra command-line arguments for the ComfyUI the executor starts, split like a shell "
+                        "would (e.g. '--highvram --fast')."
+    )
+    comfyui_startup_timeout_seconds: float = Field(
+        300.0, description="How long a starting ComfyUI may take to answer before the start counts as failed."
+    )
+    comfyui_silence_seconds: float = Field(
+        30.0, description="Websocket silence during a job after which the executor checks ComfyUI's /history and "
+                          "health (a finished job is reconciled from history, a dead ComfyUI restarted)."
+    )
 
     # --- Queue (QueueService) ---
     queue_max_size: int = Field(10_000, description="Most executions queued at once; more are refused (0 = no limit).")

@@ -17,6 +17,7 @@ import grpc.aio
 
 from comfymesh.queue.v1 import queue_service_pb2 as qpb
 from comfymesh.queue.v1 import queue_service_pb2_grpc as qgrpc
+from gpu_executor.engine.model_inputs import is_model_input
 from service_runtime.auth.interceptor import TENANT_METADATA
 from service_runtime.auth.quotas import SubmissionQuotas
 from service_runtime.errors import FieldViolation, Reason, ServiceError, invalid_argument
@@ -30,7 +31,7 @@ from services.execution_store.repository import ExecutionRepository
 from services.model.client import ModelCatalog
 from services.workflow.catalog import ExecutorCatalog
 from services.workflow.files import WorkflowFiles, input_key_belongs_to
-from services.workflow.validation import WorkflowValidation, is_model_input, raise_if_invalid, validate_graph
+from services.workflow.validation import WorkflowValidation, raise_if_invalid, validate_graph
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ execution's input files are not given.
 
 from __future__ import annotations
 
-import re
 import weakref
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from gpu_executor.engine.catalog_registry import registry_from_object_info, with
 from gpu_executor.engine.errors import NodeError, NodeErrorType, ValidationResult
 from gpu_executor.engine.graph import Graph as EngineGraph
 from gpu_executor.engine.graph import Link
+from gpu_executor.engine.model_inputs import is_model_input
 from gpu_executor.engine.registry import NodeRegistry
 from gpu_executor.engine.validation import validate
 from service_runtime.errors import FieldViolation, Reason, ServiceError, invalid_argument
@@ -32,18 +32,11 @@ from services.workflow.catalog import Candidate, ExecutorCatalog
 
 MODEL_NOT_FOUND = "model_not_found"  # ComfyMesh's type for a combo value naming a model no executor has
 MODEL_NOT_FOUND_MESSAGE = "Model not found"
-# Inputs whose choices are model files (ComfyUI's loader nodes); clip_name1, clip_name2, ... included.
-MODEL_INPUTS = re.compile(r"^(ckpt_name|lora_name|vae_name|control_net_name|unet_name|clip_name\d*|style_model_name|"
-                          r"gligen_name|hypernetwork_name|upscale_model_name|model_name|clip_vision_name)$")
 # Field violations go back in a status trailer, which proxies and clients cap at a few KiB: the first errors
 # are enough to act on, ValidateWorkflow returns them all.
 MAX_VIOLATIONS = 20
 MAX_VIOLATION_BYTES = 3000
 MAX_DESCRIPTION_CHARS = 300
-
-
-def is_model_input(input_name: str) -> bool:
-    return MODEL_INPUTS.match(input_name) is not None
 
 
 @dataclass(frozen=True)
