@@ -228,12 +228,15 @@ class LocalPlatform:
             ["-m", "services.control_plane"], self.home / "logs" / "control_plane.log", "control_plane",
             {**self._env, "COMFYMESH_REFLECT_ALL_PUBLIC_SERVICES": "true", "COMFYMESH_METRICS_PORT": str(metrics_port)})
 
-    def start_executor(self, index: int, port: int, metrics_port: int) -> ManagedProcess:
-        """Starts executor `index` on `port` (it registers itself as "executor-<index>")."""
+    def start_executor(self, index: int, port: int, metrics_port: int,
+                       extra_env: dict[str, str] | None = None) -> ManagedProcess:
+        """Starts executor `index` on `port` (it registers itself as "executor-<index>"); `extra_env` adds or
+        overrides COMFYMESH_* settings of this executor only (e.g. COMFYMESH_EXECUTOR_ENGINE)."""
         return self._python_process(
             ["-m", "gpu_executor", "serve"], self.home / "logs" / f"executor-{index}.log", f"executor-{index}",
             {**self._env, "COMFYMESH_METRICS_PORT": str(metrics_port), "COMFYMESH_EXECUTOR_PORT": str(port),
-             "COMFYMESH_EXECUTOR_ID": f"executor-{index}", "COMFYMESH_EXECUTOR_ADVERTISE_ADDR": f"127.0.0.1:{port}"})
+             "COMFYMESH_EXECUTOR_ID": f"executor-{index}", "COMFYMESH_EXECUTOR_ADVERTISE_ADDR": f"127.0.0.1:{port}",
+             **(extra_env or {})})
 
     def restart_control_plane(self) -> None:
         """Starts the control plane again (after a test killed it), on the same port, and waits until it serves."""

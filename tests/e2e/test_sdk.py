@@ -30,6 +30,7 @@ from comfymesh.client import (
     InvalidArgumentError,
     NodeExecuted,
     NodeProgress,
+    NodesCached,
     NodeStarted,
     NotFoundError,
     Queued,
@@ -74,7 +75,11 @@ def test_submit_with_overrides_watch_wait_get_list_and_download(mesh: ComfyMesh,
     events = list(mesh.watch(execution.id))
     assert isinstance(events[0], Queued) and isinstance(events[-1], Succeeded)
     assert any(isinstance(e, Started) for e in events)
-    assert {e.node_id for e in events if isinstance(e, NodeStarted)} == {"1", "2", "3"}
+    # The executor caches node outputs across executions: an earlier test's identical canvas may be reused, but
+    # every node either ran or was served from the cache, and the output node always runs.
+    started = {e.node_id for e in events if isinstance(e, NodeStarted)}
+    cached = {node for e in events if isinstance(e, NodesCached) for node in e.node_ids}
+    assert started | cached == {"1", "2", "3"} and "3" in started
     assert [e.class_type for e in events if isinstance(e, NodeExecuted) and e.node_id == "3"] == ["SaveImage"]
     assert isinstance(events[-1], Succeeded) and events[-1].outputs[0].filename.startswith("sdk")
     assert len(set(_ids(events))) == len(events) and all(e.execution_id == execution.id for e in events)
