@@ -1,4 +1,4 @@
-"""What the executor's ComfyUI backend adds on top of ComfyUI itself (live only: needs a ComfyUI checkout).
+"""What ComfyMesh adds on top of ComfyUI itself (live only: needs a ComfyUI checkout).
 
     COMFYUI_PATH=/path/to/ComfyUI [COMFYUI_PYTHON=/path/to/python] .venv/bin/python -m bench.comfyui_backend [--runs 50]
 
@@ -7,9 +7,13 @@ and an executor attached to that ComfyUI (COMFYMESH_COMFYUI_URL). Then, alternat
 (EmptyImage → ImageInvert → SaveImage, a new colour every run so nothing is cached) runs
 
 - straight on ComfyUI: POST /prompt → its `execution_success` frame on the websocket (ComfyUI's own time);
-- end to end through the executor: Execute → the terminal event (upload to the object store included).
+- through the executor alone: Execute → the terminal event (upload to the object store included);
+- end to end through the platform: a whole ComfyMesh (`LocalPlatform`: control plane, queue, Envoy, SQLite,
+  Valkey) whose one executor is attached to the same ComfyUI; SubmitExecution through the gateway → the client
+  sees the terminal event on WatchExecution (the Python SDK).
 
-It prints p50/p99 of both and the difference: the overhead ComfyMesh adds. Every figure is measured in this run.
+It prints p50/p99 of each and the differences: what the executor adds, and what the whole platform adds. Every
+figure is measured in this run.
 """
 
 from __future__ import annotations
@@ -29,11 +33,13 @@ from typing import Any
 import aiohttp
 import grpc
 
+from comfymesh.client import ComfyMesh, Succeeded
 from comfymesh.executor.v1 import executor_service_pb2 as pb
 from comfymesh.executor.v1 import executor_service_pb2_grpc
 from gpu_executor.comfyui.client import ComfyClient
 from gpu_executor.comfyui.frames import Message, decode_text
 from gpu_executor.comfyui.process import ComfyLayout, ComfyProcess
+from launcher.platform import LocalPlatform
 from service_runtime.auth.credentials import internal_credential
 from service_runtime.processes import ManagedProcess, SeaweedFSServer, free_port
 from service_runtime.settings import Settings
@@ -87,6 +93,41 @@ def through_executor(stub: executor_service_pb2_grpc.GpuExecutorServiceStub, met
     return elapsed
 
 
+def through_platform(mesh: ComfyMesh, color: int) -> float:
+    """Seconds from SubmitExecution (through the gateway) to the client seeing the terminal event."""
+    started = time.perf_counter()
+    execution = mesh.submit(graph(color))
+    events = list(mesh.watch(execution.id, timeout=300))
+    elapsed = time.perf_counter() - started
+    if not isinstance(events[-1], Succeeded):
+        raise RuntimeError(f"the platform ended the bench graph with: {events[-1]}")
+    return elapsed
+
+
+def platform_on(comfyui_url: str, seaweed: SeaweedFSServer, workdir: Path) -> LocalPlatform:
+    """The whole platform, its one executor attached to the ComfyUI at `comfyui_url`."""
+    settings = Settings(home=workdir / "platform", s3_endpoint=seaweed.endpoint, s3_access_key=seaweed.access_key,
+                        s3_secret_key=seaweed.secret_key, secret_key=BENCH_SECRET, log_level="WARNING")
+    platform = LocalPlatform(settings, free_ports=True, executors=1, extra_env={
+        "EXECUTOR_ENGINE": "comfyui", "COMFYUI_URL": comfyui_url})
+    platform.start()
+    return platform
+
+
+def report(runs: int, checkout: Path, measured: dict[str, list[float]]) -> None:
+    def line(name: str, p50: float, p99: float, extra: str = "") -> None:
+        print(f"  {name:<50} p50 {p50 * 1e3:8.1f} ms  p99 {p99 * 1e3:8.1f} ms{extra}")
+
+    print(f"ComfyUI backend overhead, {runs} runs of a 3-node graph (ComfyUI at {checkout})")
+    for name, values in measured.items():
+        line(name, percentile(values, 0.5), percentile(values, 0.99),
+             f"  mean {statistics.fmean(values) * 1e3:8.1f} ms")
+    alone, executor, platform = measured.values()
+    for name, values in (("overhead of the executor", executor), ("overhead of the whole platform", platform)):
+        line(name, percentile(values, 0.5) - percentile(alone, 0.5),
+             percentile(values, 0.99) - percentile(alone, 0.99))
+
+
 def wait_idle(stub: executor_service_pb2_grpc.GpuExecutorServiceStub, metadata: Any, process: ManagedProcess) -> None:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -123,22 +164,28 @@ async def bench(checkout: Path, python: str, runs: int, workdir: Path) -> None:
         wait_idle(stub, metadata, executor)
         alone: list[float] = []
         end_to_end: list[float] = []
+        platform_runs: list[float] = []
         async with aiohttp.ClientSession() as session:
             client = ComfyClient(comfyui.base_url, session)
             for warm_up in range(2):  # first runs load ComfyUI's node code paths
                 await comfyui_alone(client, session, 0x10000 + warm_up)
                 through_executor(stub, metadata, 0x20000 + warm_up)
             for run in range(runs):
-                alone.append(await comfyui_alone(client, session, 2 * run))
-                end_to_end.append(through_executor(stub, metadata, 2 * run + 1))
-        print(f"ComfyUI backend overhead, {runs} runs of a 3-node graph (ComfyUI at {checkout})")
-        for name, values in (("ComfyUI alone (POST → execution_success)", alone),
-                             ("through the executor (Execute → terminal)", end_to_end)):
-            print(f"  {name:<45} p50 {percentile(values, 0.5) * 1e3:8.1f} ms  p99 {percentile(values, 0.99) * 1e3:8.1f}"
-                  f" ms  mean {statistics.fmean(values) * 1e3:8.1f} ms")
-        print(f"  {'overhead ComfyMesh adds':<45} p50 "
-              f"{(percentile(end_to_end, 0.5) - percentile(alone, 0.5)) * 1e3:8.1f} ms  p99 "
-              f"{(percentile(end_to_end, 0.99) - percentile(alone, 0.99)) * 1e3:8.1f} ms")
+                alone.append(await comfyui_alone(client, session, 3 * run))
+                end_to_end.append(through_executor(stub, metadata, 3 * run + 1))
+            executor.stop(grace=30)  # the platform's own executor attaches to the same ComfyUI next
+            platform = await asyncio.to_thread(platform_on, comfyui.base_url, seaweed, workdir)
+            try:
+                with ComfyMesh(platform.endpoints.gateway, platform.endpoints.admin_key) as mesh:
+                    for warm_up in range(2):
+                        await asyncio.to_thread(through_platform, mesh, 0x30000 + warm_up)
+                    for run in range(runs):
+                        platform_runs.append(await asyncio.to_thread(through_platform, mesh, 3 * run + 2))
+            finally:
+                await asyncio.to_thread(platform.stop)
+        report(runs, checkout, {"ComfyUI alone (POST → execution_success)": alone,
+                                "through the executor (Execute → terminal)": end_to_end,
+                                "through the platform (submit → terminal seen)": platform_runs})
     finally:
         channel.close()
         executor.stop(grace=30)

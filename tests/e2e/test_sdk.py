@@ -75,11 +75,13 @@ def test_submit_with_overrides_watch_wait_get_list_and_download(mesh: ComfyMesh,
     events = list(mesh.watch(execution.id))
     assert isinstance(events[0], Queued) and isinstance(events[-1], Succeeded)
     assert any(isinstance(e, Started) for e in events)
-    # The executor caches node outputs across executions: an earlier test's identical canvas may be reused, but
-    # every node either ran or was served from the cache, and the output node always runs.
+    # The executor caches node outputs across executions, so an earlier test's identical canvas may be reused: the
+    # output node always runs, its input ran or came from the cache, and a node needed only by cached nodes does
+    # neither (the canvas, when the inverted image was cached).
     started = {e.node_id for e in events if isinstance(e, NodeStarted)}
     cached = {node for e in events if isinstance(e, NodesCached) for node in e.node_ids}
-    assert started | cached == {"1", "2", "3"} and "3" in started
+    assert "3" in started and "2" in started | cached, (started, cached)
+    assert "1" in started | cached if "2" in started else "1" not in started, (started, cached)
     assert [e.class_type for e in events if isinstance(e, NodeExecuted) and e.node_id == "3"] == ["SaveImage"]
     assert isinstance(events[-1], Succeeded) and events[-1].outputs[0].filename.startswith("sdk")
     assert len(set(_ids(events))) == len(events) and all(e.execution_id == execution.id for e in events)
