@@ -190,14 +190,16 @@ class DeliveryWorker:
             return
         if result.status == GONE:
             ATTEMPTS.labels("gone").inc()
-            await self._repository.record_attempt(delivery, attempt, state=DeliveryState.DEAD_LETTERED,
-                                                  next_attempt_time=now, now=now)
-            await self._repository.circuit_success(key, self._breaker, now)  # it answered: not an outage
+            # The subscription is disabled before the delivery is dead-lettered: whoever sees the dead letter also
+            # sees why no further event will be sent there.
             if delivery.subscription_id:
                 await self._repository.disable_subscription(
                     delivery.subscription_id, f"the endpoint answered 410 Gone at {now.isoformat()}", now)
                 log.warning("webhook subscription %s disabled: its endpoint answered 410 Gone",
                             delivery.subscription_id)
+            await self._repository.record_attempt(delivery, attempt, state=DeliveryState.DEAD_LETTERED,
+                                                  next_attempt_time=now, now=now)
+            await self._repository.circuit_success(key, self._breaker, now)  # it answered: not an outage
             FINISHED.labels(str(DeliveryState.DEAD_LETTERED)).inc()
             return
         ATTEMPTS.labels("failed").inc()

@@ -113,8 +113,13 @@ def test_tampered_token_is_refused() -> None:
     claims["scope"] = "executions.read executions.write auth.admin"
     with pytest.raises(TokenError):
         verify_token(f"{header}.{_b64(claims)}.{signature}", pair.public)
+    # A flipped bit in the signature itself (editing its last base64 characters could leave the decoded bytes as
+    # they were: the final character carries padding bits).
+    raw = bytearray(base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)))
+    raw[len(raw) // 2] ^= 0x01
+    forged = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
     with pytest.raises(TokenError):
-        verify_token(f"{header}.{payload}.{signature[:-2]}AA", pair.public)
+        verify_token(f"{header}.{payload}.{forged}", pair.public)
 
 
 def test_alg_none_and_other_algorithms_are_refused() -> None:
