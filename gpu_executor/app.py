@@ -27,6 +27,7 @@ from gpu_executor.execution import ExecutionRunner
 from gpu_executor.fleet import FleetMembership, parse_labels
 from gpu_executor.model_tiers.resolver import ResolverConfig, StoreConfig
 from gpu_executor.model_tiers.state import CacheView
+from gpu_executor.models_watch import models_signature
 from gpu_executor.telemetry.metrics import export_cache_state, register_executor_collector
 from gpu_executor.transport import ExecutorServicer
 from gpu_executor.worker.backend import ExecutionBackend
@@ -101,6 +102,7 @@ class ExecutorApp:
         self._stop = asyncio.Event()
         self._startup: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._models_watch: asyncio.Task[None] | None = None
 
     def request_stop(self) -> None:
         if not self._stop.is_set():
@@ -139,6 +141,7 @@ class ExecutorApp:
         self.runner.startup_finished()
         log.info("executor ready", extra={"executor_id": self.executor_id})
         self._watchdog = asyncio.create_task(self._watch_worker(), name="worker-watchdog")
+        self._models_watch = asyncio.create_task(self._watch_models(), name="models-watch")
         if self.settings.executor_register:
             address = self.settings.executor_advertise_addr or f"127.0.0.1:{self.server.bound_port}"
             self.fleet = FleetMembership(self.settings, self.executor_id, address, self.labels,
@@ -155,6 +158,32 @@ class ExecutorApp:
                     await self.supervisor.ensure_running()
                 except Exception:
                     log.exception("restarting the worker failed")
+
+    async def _watch_models(self) -> None:
+        """Model files added to or removed from the models directory while the executor runs: the engine lists its
+        catalog again when idle, and the fleet hears the new catalog at once (models_watch.py)."""
+        interval, root = self.settings.executor_models_rescan_seconds, self.settings.models_dir
+        if not interval or root is None:
+            return
+        seen = await asyncio.to_thread(models_signature, root)
+        while not self.runner.draining:
+            await asyncio.sleep(interval)
+            now = await asyncio.to_thread(models_signature, root)
+            if now == seen or self.runner.busy:
+                continue
+            try:
+                changed = await self.supervisor.refresh_catalog()
+            except Exception:
+                log.exception("listing the catalog again failed")
+                continue
+            if changed is None:  # a job or prefetch took the engine meanwhile: try again next time
+                continue
+            seen = now
+            if changed:
+                log.info("the models directory changed: catalog listed again",
+                         extra={"catalog_hash": self.supervisor.catalog_hash})
+                if self.fleet is not None:
+                    await self.fleet.report()
 
     async def _preload(self) -> None:
         names = tuple(dict.fromkeys(n.strip() for n in self.settings.executor_preload_models.split(",") if n.strip()))
@@ -188,6 +217,8 @@ class ExecutorApp:
         log.info("draining", extra={"running_execution_id": self.runner.current[0] if self.runner.current else ""})
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self._models_watch is not None:
+            self._models_watch.cancel()
         if self._startup is not None and not self._startup.done():
             self._startup.cancel()  # stop preloading or warming up; what the worker does then is interrupted
             self.supervisor.interrupt()

@@ -122,6 +122,12 @@ class Settings(BaseSettings):
         None, description="An API-format workflow JSON the executor runs once at start, before it registers "
                           "(its outputs are discarded), so it joins the fleet warm."
     )
+    executor_models_rescan_seconds: float = Field(
+        5.0, ge=0, description="How often the executor looks for model files added to or removed from "
+                               "COMFYMESH_MODELS_DIR while it runs; a change lists the node catalog again (the "
+                               "loaders' choices) and re-registers it with the fleet, so graphs may name a new file "
+                               "at once. 0 turns it off."
+    )
     executor_preload_models: str = Field(
         "", description="Model names loaded into RAM at start, before registering, separated by ',' (bare, e.g. "
                         "'sd15.safetensors', or with their folder, e.g. 'checkpoints/sd15.safetensors')."

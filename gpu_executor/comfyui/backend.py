@@ -466,6 +466,17 @@ class ComfyUIBackend:
 
     # -- models ------------------------------------------------------------------------------------
 
+    async def refresh_catalog(self) -> bool | None:
+        """Reads ComfyUI's /object_info again (it rescans its model folders itself); True when it changed. Skipped
+        (None) while a job or a prefetch runs."""
+        if self._lock.locked() or self.ready is None:
+            return None
+        async with self._lock:
+            before = self.catalog_hash
+            with contextlib.suppress(ComfyUnavailableError):
+                await self._load_catalog()
+            return self.catalog_hash != before
+
     async def prefetch(self, names: tuple[str, ...], tier: str) -> PrefetchOutcome:
         """Brings models to the disk tier and into ComfyUI's lists (models.py); the catalog is read again, since its
         model lists changed."""

@@ -105,7 +105,12 @@ class NodeRegistry:
 
     def catalog_hash(self) -> str:
         """Changes when any class's definition changes (executors compare catalogs by it)."""
-        return hashlib.sha256(json.dumps(self.catalog(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return catalog_digest(self.catalog())
+
+
+def catalog_digest(catalog: dict[str, Any]) -> str:
+    """The hash of a catalog in ComfyUI's /object_info shape (model lists included)."""
+    return hashlib.sha256(json.dumps(catalog, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def build_registry(custom_node_dirs: Iterable[Path] = (), *, builtin: bool = True) -> NodeRegistry:

@@ -52,6 +52,13 @@ class WorkerConfig:
 
 
 @dataclass(frozen=True)
+class CatalogRequest:
+    """Asks the worker for its catalog again: loader choices list the model folders as they are now."""
+
+    token: str
+
+
+@dataclass(frozen=True)
 class Ready:
     catalog: dict[str, Any]  # ComfyUI /object_info shape
     catalog_hash: str
@@ -106,7 +113,7 @@ def main(conn: Connection, interrupt: Any, config: WorkerConfig) -> None:
     from gpu_executor.engine import runtime
     from gpu_executor.engine.cache import OutputCache
     from gpu_executor.engine.engine import Engine, ExecutionRequest
-    from gpu_executor.engine.registry import build_registry
+    from gpu_executor.engine.registry import build_registry, catalog_digest
     from gpu_executor.model_tiers.resolver import ModelResolver
     from gpu_executor.model_tiers.state import Prefetch
     from gpu_executor.worker.models import WorkerModels
@@ -127,7 +134,8 @@ def main(conn: Connection, interrupt: Any, config: WorkerConfig) -> None:
     engine = Engine(registry)
     cache_tenant = ""  # whose job last filled the engine's output cache
     problems = tuple((p.pack, p.node_class or "", str(p.error)) for p in registry.errors)
-    send(("ready", "", Ready(registry.catalog(), registry.catalog_hash(), problems, models.state())))
+    catalog = registry.catalog()
+    send(("ready", "", Ready(catalog, catalog_digest(catalog), problems, models.state())))
     try:
         while True:
             try:
@@ -138,6 +146,10 @@ def main(conn: Connection, interrupt: Any, config: WorkerConfig) -> None:
                 return
             flag.clear()
             model_cache.new_epoch()
+            if isinstance(message, CatalogRequest):
+                catalog = registry.catalog()
+                send(("catalog", message.token, (catalog, catalog_digest(catalog))))
+                continue
             if isinstance(message, Prefetch):
                 outcome = models.prefetch(message)
                 send(("prefetched", message.token, (outcome, models.state())))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import time
@@ -27,7 +28,7 @@ import grpc
 
 from gpu_executor.engine.events import TERMINAL, Event, Failed
 from gpu_executor.model_tiers.state import CacheState, Prefetch, PrefetchOutcome
-from gpu_executor.worker.child import Job, Ready, WorkerConfig, main
+from gpu_executor.worker.child import CatalogRequest, Job, Ready, WorkerConfig, main
 from service_runtime.errors import Reason, ServiceError
 
 log = logging.getLogger(__name__)
@@ -202,6 +203,35 @@ class WorkerSupervisor:
                     outcome, state = payload
                     self.on_state(state)
                     return outcome  # type: ignore[no-any-return]
+                else:
+                    log.warning("discarding a stale %s message from the worker", kind)
+
+    async def refresh_catalog(self) -> bool | None:
+        """Has the idle worker list its catalog again (model folders change while it runs); True when the catalog
+        changed. Skipped (None) while a job or a prefetch holds the worker: the caller asks again later."""
+        if self._lock.locked() or self.ready is None:
+            return None
+        async with self._lock:
+            await self._ensure_running()
+            assert self._conn is not None and self.ready is not None
+            request = CatalogRequest(uuid.uuid4().hex)
+            self._conn.send(request)
+            while True:
+                message = await asyncio.to_thread(self._recv_or_none, 1.0)
+                if message is None:
+                    if not self._process.is_alive():
+                        await self._restart()
+                        return True  # a fresh worker reported a fresh catalog
+                    continue
+                kind, token, payload = message
+                if kind == "cache":
+                    self.on_state(payload)
+                elif kind == "catalog" and token == request.token:
+                    catalog, digest = payload
+                    changed = digest != self.ready.catalog_hash
+                    self.ready = dataclasses.replace(self.ready, catalog=catalog, catalog_hash=digest)
+                    self.catalog_hash = digest
+                    return bool(changed)
                 else:
                     log.warning("discarding a stale %s message from the worker", kind)
 

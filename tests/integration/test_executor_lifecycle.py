@@ -31,6 +31,7 @@ from comfymesh.executor.v1 import executor_service_pb2 as pb
 from comfymesh.executor.v1 import executor_service_pb2_grpc
 from gpu_executor.diffusion.models.testing import make_tiny_lora, make_tiny_sd1_checkpoint
 from service_runtime.processes import ManagedProcess, free_port
+from service_runtime.transport.catalog_codec import object_info_from_definition
 from service_runtime.transport.graph_codec import graph_to_proto
 from tests.fixtures.auth import authed_channel, internal_bearer, secret_env
 
@@ -114,6 +115,7 @@ class Running:
     port: int
     started_at: float  # time.monotonic() just before the process was started
     answered_at: float  # ... when Describe first answered
+    home: Path | None = None
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -153,7 +155,7 @@ def start_executor(home: Path, **env: str) -> Running:
     except BaseException:
         process.stop(grace=5)
         raise
-    return Running(process, address, port, started_at, time.monotonic())
+    return Running(process, address, port, started_at, time.monotonic(), home)
 
 
 def sleep_request(execution_id: str, seconds: float) -> pb.ExecuteRequest:
@@ -234,7 +236,7 @@ def member(tmp_path_factory: pytest.TempPathFactory,
                              COMFYMESH_EXECUTOR_ID="exec-test-1", COMFYMESH_EXECUTOR_LABELS="pool=test, provider=local",
                              COMFYMESH_EXECUTOR_WARMUP_GRAPH=str(warmup),
                              COMFYMESH_EXECUTOR_PRELOAD_MODELS="loras/style.safetensors",
-                             COMFYMESH_SHUTDOWN_GRACE_SECONDS="30")
+                             COMFYMESH_SHUTDOWN_GRACE_SECONDS="30", COMFYMESH_EXECUTOR_MODELS_RESCAN_SECONDS="0.5")
     try:
         yield running
     finally:
@@ -279,6 +281,36 @@ def test_registers_again_when_the_registry_forgot_it(member: Running,
     assert again.executor_id == "exec-test-1" and again.description.catalog
     beats = len(fake.of("heartbeat"))
     wait_for(lambda: len(fake.of("heartbeat")) >= beats + 2, 30, "heartbeats after registering again")
+
+
+def _checkpoint_choices(description: pb.ExecutorDescription) -> list[str]:
+    loader = next(d for d in description.catalog if d.name == "CheckpointLoaderSimple")
+    return list(object_info_from_definition(loader)["input"]["required"]["ckpt_name"][0])
+
+
+def test_a_model_file_added_while_running_reaches_the_catalog_and_the_fleet(
+        member: Running, registry: tuple[FakeExecutionService, int]) -> None:
+    fake, _ = registry
+    wait_for(lambda: len(fake.of("register")) >= 1, 180, "the first registration")
+    before = describe(member.address).catalog_hash
+    assert member.home is not None
+    added = member.home / "models" / "checkpoints" / "added.safetensors"
+    added.symlink_to((member.home / "models" / "checkpoints" / "warm.safetensors").resolve())
+    try:
+        # The executor lists its catalog again (the loaders' choices) and sends it with its next report.
+        def reported() -> bool:
+            sent = [m.description for kind in ("register", "heartbeat") for m in fake.of(kind)
+                    if m.description.catalog and m.description.catalog_hash != before]
+            return any("added.safetensors" in _checkpoint_choices(d) for d in sent)
+
+        wait_for(reported, 30, "a catalog listing the added checkpoint")
+        with authed_channel(member.address, internal_bearer()) as channel:
+            now = executor_service_pb2_grpc.GpuExecutorServiceStub(channel).Describe(
+                pb.DescribeRequest(include_catalog=True), timeout=10)
+        assert now.catalog_hash != before and "added.safetensors" in _checkpoint_choices(now)
+    finally:
+        added.unlink()
+    wait_for(lambda: describe(member.address).catalog_hash == before, 30, "the catalog without the removed file")
 
 
 def test_sigterm_drains_finishes_the_running_execution_and_deregisters(
