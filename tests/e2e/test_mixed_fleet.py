@@ -39,7 +39,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, postgres_databases: Postgres
     settings = Settings(home=home, database_url=postgres_databases.create(), redis_url="",
                         s3_endpoint=seaweedfs.endpoint, s3_access_key=seaweedfs.access_key,
                         s3_secret_key=seaweedfs.secret_key, environment="test", log_format="json")
-    platform = LocalPlatform(settings, free_ports=True, executors=1, extra_env={"CUSTOM_NODES_DIRS": str(pack)})
+    platform = LocalPlatform(settings, free_ports=True, executors=1, extra_env={
+        "CUSTOM_NODES_DIRS": str(pack), "SHUTDOWN_GRACE_SECONDS": "2"})
     platform.start()
     try:
         checkout = make_fake_checkout(home / "comfyui-checkout", ReplayOptions(time_scale=0.05))
