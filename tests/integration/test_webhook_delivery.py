@@ -127,6 +127,10 @@ def receiver() -> Any:
         server.stop()
 
 
+CALL_TIMEOUT_SECONDS = 10.0
+TEARDOWN_TIMEOUT_SECONDS = 30.0
+
+
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -175,7 +179,9 @@ class Env:
         return await self.events.append(event)
 
     async def deliveries(self, **filters: Any) -> list[pb.Delivery]:
-        return list((await self.stub.ListDeliveries(pb.ListDeliveriesRequest(**filters))).deliveries)
+        # A bounded call: a stalled service fails this test at once, naming the call, instead of hanging it.
+        return list((await self.stub.ListDeliveries(pb.ListDeliveriesRequest(**filters), timeout=CALL_TIMEOUT_SECONDS)
+                     ).deliveries)
 
     async def wait_state(self, delivery_filter: dict[str, Any], state: int, count: int = 1,
                          timeout: float = 15.0) -> list[pb.Delivery]:
@@ -195,8 +201,9 @@ class Env:
 
     async def subscribe(self, url: str, *event_types: pb.EventType.ValueType, **fields: Any
                         ) -> pb.CreateSubscriptionResponse:
-        return await self.stub.CreateSubscription(pb.CreateSubscriptionRequest(
-            subscription=pb.Subscription(url=url, event_types=list(event_types), **fields)))
+        request = pb.CreateSubscriptionRequest(
+            subscription=pb.Subscription(url=url, event_types=list(event_types), **fields))
+        return await self.stub.CreateSubscription(request, timeout=CALL_TIMEOUT_SECONDS)
 
 
 SETTINGS = {
@@ -230,12 +237,14 @@ async def running(database_url: str, redis_url: str, home: Path, *, loops: bool 
                       EventLog(ctx.redis, max_len=1000, retention_seconds=600, namespace=f"{namespace}:ev"),
                       ExecutionRepository(ctx.db), namespace)
     finally:
-        await server.stop(0.2)  # the loops first: the feed consumer may be blocked on the stream deleted below
-        cleanup = redis.asyncio.Redis.from_url(redis_url)
-        keys = [key async for key in cleanup.scan_iter(match=f"{namespace}:*", count=1000)]
-        if keys:
-            await cleanup.delete(*keys)
-        await cleanup.aclose()
+        # Bounded, so a stop that never returns fails the test here instead of running into pytest's timeout.
+        async with asyncio.timeout(TEARDOWN_TIMEOUT_SECONDS):
+            await server.stop(0.2)  # the loops first: the feed consumer may be blocked on the stream deleted below
+            cleanup = redis.asyncio.Redis.from_url(redis_url)
+            keys = [key async for key in cleanup.scan_iter(match=f"{namespace}:*", count=1000)]
+            if keys:
+                await cleanup.delete(*keys)
+            await cleanup.aclose()
 
 
 @pytest.fixture
