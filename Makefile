@@ -62,8 +62,11 @@ typecheck: $(VENV_STAMP)
 	$(VENV)/bin/mypy service_runtime services gpu_executor gateway launcher tools comfymesh/client comfymesh/cli \
 		examples/make_demo_checkpoint.py
 
+# The suite runs in PYTEST_WORKERS processes, a test file per process at a time (module fixtures stay whole).
+# Most tests wait on servers and subprocesses, so more workers than cores pays; each gets one compute thread.
+PYTEST_WORKERS ?= 4
 pytest: venv
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=25
 
 test-unit: venv
 	$(VENV)/bin/pytest -m unit

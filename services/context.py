@@ -18,6 +18,8 @@ from service_runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 RESTART_BACKOFF_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
+STOP_ROUNDS = 5  # cancellations sent to a background loop before it is given up on
+STOP_ROUND_SECONDS = 2.0
 
 
 async def _supervise(name: str, loop_factory: Callable[[], Awaitable[None]]) -> None:
@@ -34,6 +36,27 @@ async def _supervise(name: str, loop_factory: Callable[[], Awaitable[None]]) -> 
             failures += 1
             log.exception("background loop %s failed; restarting in %.1fs", name, delay)
             await asyncio.sleep(delay)
+
+
+async def _stop_tasks(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancels the background loops and waits for them, cancelling again any that did not stop.
+
+    On Python 3.11 a cancellation can be lost when it lands just as an inner await completes (asyncio.wait_for's
+    known race, and libraries built on it): the loop then runs on, and a plain gather would wait forever. Each
+    round cancels what is still running; after the last one the survivors are named and abandoned.
+    """
+    pending = {task for task in tasks if not task.done()}
+    for _ in range(STOP_ROUNDS):
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=STOP_ROUND_SECONDS)
+        for task in pending:
+            log.warning("background loop %s ignored its cancellation; cancelling it again", task.get_name())
+    if pending:
+        log.error("background loops still running after %d cancellations: %s", STOP_ROUNDS,
+                  ", ".join(sorted(task.get_name() for task in pending)))
 
 
 @dataclass
@@ -86,10 +109,7 @@ class AppContext:
             self._tasks.append(asyncio.create_task(_supervise(name, factory), name=name))
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await _stop_tasks(self._tasks)
         self._tasks.clear()
         for closer in reversed(self._closers):
             await closer()

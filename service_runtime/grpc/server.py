@@ -26,6 +26,8 @@ from service_runtime.telemetry import tracing
 from service_runtime.telemetry.metrics import MetricsEndpoint, rpc_metrics
 
 log = logging.getLogger(__name__)
+# How long past its grace a gRPC server stop may take before the drain gives up on it and runs the cleanup hooks.
+STOP_OVERRUN_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,15 @@ class GrpcServer:
             return
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
-        await self._server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        try:
+            # gRPC cancels what is still running when the grace ends; a shutdown that still does not complete (a
+            # call core never reports finished) must not keep the process, or its cleanup hooks, from stopping.
+            async with asyncio.timeout(grace + STOP_OVERRUN_SECONDS):
+                await self._server.stop(grace)
+        except TimeoutError:
+            log.error("the gRPC server had not stopped %.0fs after its %.1fs grace; cleaning up anyway",
+                      STOP_OVERRUN_SECONDS, grace, extra={"port": self.port})
         for hook in reversed(self.on_stop):
             try:
                 await hook()
