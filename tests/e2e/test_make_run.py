@@ -1,4 +1,5 @@
-"""`make run` (python -m launcher) on embedded defaults: comes up, answers, and SIGTERM leaves no process behind."""
+"""`make run` and `comfymesh up` (both the launcher) on embedded defaults: each comes up, answers, and Ctrl-C or
+SIGTERM leaves no process behind."""
 
 from __future__ import annotations
 
@@ -34,15 +35,21 @@ def _processes_mentioning(marker: str) -> list[int]:
     return found
 
 
-def test_embedded_platform_up_and_down(tmp_path: Path) -> None:
+# The README's command as a newcomer types it, and the CLI's equivalent (which replaces itself with the launcher).
+COMMANDS = {"make run": ["make", "--no-print-directory", "run"],
+            "comfymesh up": [str(Path(sys.executable).with_name("comfymesh")), "up"]}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_embedded_platform_up_and_down(tmp_path: Path, command: str) -> None:
     home = tmp_path / "home"
     gateway_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMFYMESH_")}
     env.update({"COMFYMESH_HOME": str(home), "COMFYMESH_GATEWAY_PORT": str(gateway_port),
                 "COMFYMESH_GATEWAY_ADMIN_PORT": str(free_port()), "COMFYMESH_CONTROL_PLANE_PORT": str(free_port()),
                 "COMFYMESH_EXECUTOR_PORT": str(free_port()), "COMFYMESH_METRICS_PORT": "0"})
-    launcher = ManagedProcess([sys.executable, "-m", "launcher"], log_path=tmp_path / "launcher.log", env=env,
-                              cwd=ROOT, name="launcher").start()
+    launcher = ManagedProcess(COMMANDS[command], log_path=tmp_path / "launcher.log", env=env, cwd=ROOT,
+                              name="launcher").start()
     try:
         launcher.wait_ready(lambda: "Press Ctrl-C" in launcher.log_tail(), 120)
         output = launcher.log_tail(100)
@@ -63,8 +70,15 @@ def test_embedded_platform_up_and_down(tmp_path: Path) -> None:
         assert (home / "comfymesh.db").exists() and (home / "seaweedfs").is_dir() and (home / "valkey").is_dir()
         assert len(_processes_mentioning(str(home))) >= 5  # launcher, valkey, weed, control plane, executor, envoy
 
-        launcher.send_signal(signal.SIGTERM)
-        assert launcher.wait(timeout=60) == 0, launcher.log_tail()
+        if command == "make run":
+            # Ctrl-C in the terminal: the whole foreground process group (make and the launcher) gets SIGINT. The
+            # launcher stops everything it started; make then ends by that signal, as make does.
+            assert launcher.pid is not None
+            os.killpg(launcher.pid, signal.SIGINT)
+            assert launcher.wait(timeout=60) in (0, -signal.SIGINT, 128 + signal.SIGINT), launcher.log_tail()
+        else:  # `comfymesh up` is the launcher itself (exec): a service manager's SIGTERM drains it, exit 0
+            launcher.send_signal(signal.SIGTERM)
+            assert launcher.wait(timeout=60) == 0, launcher.log_tail()
         assert "stopped." in launcher.log_tail()
         assert _processes_mentioning(str(home)) == []
     finally:
