@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -41,13 +42,13 @@ import aiohttp
 from gpu_executor.comfyui.client import ComfyClient, ComfyUnavailableError, PromptRejectedError
 from gpu_executor.comfyui.frames import Frame, FrameError, decode_binary, decode_text
 from gpu_executor.comfyui.history import entry_of, replay
-from gpu_executor.comfyui.models import ModelView
+from gpu_executor.comfyui.models import ModelView, is_tenant_path, without_tenant_models
 from gpu_executor.comfyui.outputs import UnsafeOutputNameError, collect
 from gpu_executor.comfyui.process import ComfyLayout, ComfyProcess, ComfyStartError, wait_until_answering
 from gpu_executor.comfyui.translate import Completed, PromptTranslator
 from gpu_executor.comfyui.validation import validation_failure
 from gpu_executor.engine.events import Cancelled, Event, Failed, Succeeded
-from gpu_executor.engine.model_inputs import model_names
+from gpu_executor.engine.model_inputs import is_model_input, model_names
 from gpu_executor.model_tiers.resolver import ResolverConfig
 from gpu_executor.model_tiers.state import CacheState, PrefetchOutcome
 from gpu_executor.worker.child import Job, Ready
@@ -209,7 +210,8 @@ class ComfyUIBackend:
             self._starting = False
 
     async def _load_catalog(self) -> None:
-        catalog = await self.client.object_info()
+        # Tenants' private models linked into the view are listed by ComfyUI; the fleet's catalog must not be.
+        catalog = without_tenant_models(await self.client.object_info())
         state = await asyncio.to_thread(self.models.state)
         self.ready = Ready(catalog, catalog_hash(catalog), (), state)
         self.catalog_hash = self.ready.catalog_hash
@@ -305,6 +307,11 @@ class ComfyUIBackend:
         socket: _Socket | None = None
         try:
             prompt = await self._upload_inputs(job)
+            refused = _tenant_paths_named(prompt)
+            if refused:
+                yield validation_failure(_NOT_IN_LIST_ERROR, refused, prompt)
+                return
+            prompt = await self._tenant_models(prompt, job.tenant)
             await self._fetch_models(prompt)
             socket = await self._open_socket()
             translator = PromptTranslator(job.execution_id, prompt_id_for(job.execution_id, job.attempt), prompt,
@@ -342,6 +349,29 @@ class ComfyUIBackend:
         finally:
             if socket is not None:
                 await socket.close()
+
+    async def _tenant_models(self, prompt: dict[str, Any], tenant: str) -> dict[str, Any]:
+        """The graph with each model name the tenant owns a model of replaced by the path ComfyUI lists that model
+        under (linked into the view first): the tenant's own model wins over a shared one, as on the built-in
+        engine. The graph is returned as it was when the tenant has none of the names."""
+        names = list(dict.fromkeys(model_names(prompt)))
+        if not names or not tenant:
+            return prompt
+        private = {}
+        for name in names:
+            found = await asyncio.to_thread(self.models.tenant_model, name, tenant)
+            if found is not None:
+                private[name] = found
+        if not private:
+            return prompt
+        rewritten = copy.deepcopy(prompt)
+        for node in rewritten.values():
+            inputs = node.get("inputs") if isinstance(node, dict) else None
+            if isinstance(inputs, dict):
+                for input_name, value in inputs.items():
+                    if isinstance(value, str) and value in private and is_model_input(input_name):
+                        inputs[input_name] = private[value]
+        return rewritten
 
     async def _fetch_models(self, prompt: dict[str, Any]) -> None:
         """Fetches the models the graph names that ComfyUI does not list yet (uploaded to the models bucket, never
@@ -496,3 +526,27 @@ def _queued(queue: Any, prompt_id: str) -> bool:
             if isinstance(item, list) and len(item) > 1 and item[1] == prompt_id:
                 return True
     return False
+
+
+# ComfyUI's top-level error for a prompt whose inputs failed validation (its 400 body's "error").
+_NOT_IN_LIST_ERROR = {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
+                      "details": "", "extra_info": {}}
+
+
+def _tenant_paths_named(prompt: dict[str, Any]) -> dict[str, Any]:
+    """ComfyUI-shaped node_errors for every model input naming a `tenants/...` path itself: those are storage
+    paths of tenants' private models, which ComfyUI lists (they are linked into the shared view) but no graph may
+    name. Empty when there is none. The refusal is ComfyUI's own "value not in list", as for any unknown model."""
+    errors: dict[str, Any] = {}
+    for node_id, node in prompt.items():
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        if not isinstance(inputs, dict):
+            continue
+        for input_name, value in inputs.items():
+            if isinstance(value, str) and is_model_input(input_name) and is_tenant_path(value):
+                entry = errors.setdefault(str(node_id), {"errors": [], "dependent_outputs": [],
+                                                         "class_type": node.get("class_type", "")})
+                entry["errors"].append({"type": "value_not_in_list", "message": "Value not in list",
+                                        "details": f"{input_name}: '{value}' not in list",
+                                        "extra_info": {"input_name": input_name, "received_value": value}})
+    return errors

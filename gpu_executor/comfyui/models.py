@@ -11,8 +11,14 @@ naming two roots, both in ComfyUI's folder layout (checkpoints/, loras/, vae/, .
 That is the whole integration: ComfyUI loads what it lists (its RAM and GPU caches are its own business), so a
 prefetch to any tier brings the model to the disk tier and makes it visible; models the bucket holds but nobody
 prefetched are not listed until they are, or until a graph names them: before posting a graph the backend fetches
-the shared models it names that ComfyUI does not list yet, as the built-in engine fetches on first use. Tenants'
-private models are not linked here (the view is shared by every tenant's graphs); built-in executors serve them.
+the shared models it names that ComfyUI does not list yet, as the built-in engine fetches on first use.
+
+A tenant's own models (ModelService's `<folder>/tenants/<tenant>/<name>`) are found as the built-in engine finds
+them: a graph names one by its plain name, and the job's tenant's model wins over a shared one of the same name.
+Before posting, the backend links the tenant's model into the view as `<folder>/tenants/<tenant>/<name>` and
+rewrites the graph's value to that path, which ComfyUI lists. The view is shared by every tenant's jobs, so those
+names must never reach anyone else: they are removed from the catalog the executor reports (`without_tenant_models`),
+and a graph that names a `tenants/...` path itself is refused before it reaches ComfyUI.
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
-from gpu_executor.engine.runtime import MODEL_FOLDERS
+from gpu_executor.engine.model_inputs import is_model_input
+from gpu_executor.engine.runtime import DEFAULT_TENANT, MODEL_FOLDERS, TENANTS_DIR
 from gpu_executor.model_tiers.resolver import ModelResolver, ResolverConfig
 from gpu_executor.model_tiers.state import CachedEntry, CacheState, PrefetchOutcome, TierStats
 from service_runtime.errors import ServiceError
@@ -43,6 +51,46 @@ def extra_model_paths(models_dir: Path | None, view_dir: Path) -> str:
         lines += [f"    {folder}: {folder}/" for folder in COMFYUI_FOLDERS]
         sections.append("\n".join(lines))
     return "\n".join(sections) + "\n"
+
+
+def is_tenant_path(name: str) -> bool:
+    """A name under "tenants/": a tenant's storage path, which graphs may not name."""
+    return name.replace("\\", "/").split("/", 1)[0] == TENANTS_DIR
+
+
+def without_tenant_models(catalog: dict[str, Any]) -> dict[str, Any]:
+    """ComfyUI's /object_info with the tenants' private models removed from the loader inputs' choices.
+
+    ComfyUI lists every file under its model folders, the view's `tenants/<tenant>/...` links included; the
+    catalog the fleet serves to every caller must not. Both ComfyUI shapes of a combo are handled: the legacy
+    `[[choice, ...], {...}]` and `["COMBO", {"options": [choice, ...]}]`.
+    """
+    cleaned: dict[str, Any] = {}
+    for class_name, info in catalog.items():
+        inputs = info.get("input") if isinstance(info, dict) else None
+        if not isinstance(inputs, dict):
+            cleaned[class_name] = info
+            continue
+        sections = {}
+        for section, specs in inputs.items():
+            if isinstance(specs, dict):
+                specs = {name: _without_tenant_choices(spec) if is_model_input(name) else spec
+                         for name, spec in specs.items()}
+            sections[section] = specs
+        cleaned[class_name] = {**info, "input": sections}
+    return cleaned
+
+
+def _without_tenant_choices(spec: Any) -> Any:
+    if not isinstance(spec, list) or not spec:
+        return spec
+    head = spec[0]
+    if isinstance(head, list):
+        return [[c for c in head if not (isinstance(c, str) and is_tenant_path(c))], *spec[1:]]
+    if head == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict) and isinstance(spec[1].get("options"), list):
+        options = [c for c in spec[1]["options"] if not (isinstance(c, str) and is_tenant_path(c))]
+        return [head, {**spec[1], "options": options}, *spec[2:]]
+    return spec
 
 
 def _quoted(text: str) -> str:
@@ -80,9 +128,31 @@ class ModelView:
         found = [(folder, rest)] if folder in COMFYUI_FOLDERS and rest else []
         return found + [(f, name) for f in MODEL_FOLDERS]
 
+    def tenant_model(self, name: str, tenant: str) -> str | None:
+        """The name ComfyUI lists the tenant's own model `name` under (`tenants/<tenant>/<name>`), linked into the
+        view and fetched into the disk tier first when only the bucket has it; None when the tenant has no model
+        of that name (or is the default tenant, whose models are the shared ones). Blocking: run it in a thread."""
+        if not tenant or tenant == DEFAULT_TENANT or not _is_plain_name(tenant) or not _is_safe_path(name):
+            return None
+        for folder, model in self._candidates(name):
+            private = f"{TENANTS_DIR}/{tenant}/{model}"
+            if self._local(folder, private) is not None:
+                return private
+        if self._resolver_config is None:
+            return None
+        if self._resolver is None:
+            self._resolver = ModelResolver(self._resolver_config)
+        for folder, model in self._candidates(name):
+            private = f"{TENANTS_DIR}/{tenant}/{model}"
+            path = self._resolver.path(folder, private)
+            if path is not None:
+                self._link(folder, private, path)
+                return private
+        return None
+
     def _resolve(self, name: str) -> tuple[str, str, Path] | None:
         """The model's folder, name and local file, fetched into the disk cache when only the bucket has it."""
-        if any(part in ("", "..", ".") for part in name.split("/")) or name.startswith("/"):
+        if not _is_safe_path(name):
             return None
         candidates = self._candidates(name)
         for folder, model in candidates:
@@ -144,3 +214,12 @@ class ModelView:
     def close(self) -> None:
         if self._resolver is not None:
             self._resolver.close()
+
+
+def _is_safe_path(name: str) -> bool:
+    """A relative name that stays inside its folder (no empty, "." or ".." parts, not absolute)."""
+    return not name.startswith("/") and not any(part in ("", "..", ".") for part in name.split("/"))
+
+
+def _is_plain_name(segment: str) -> bool:
+    return _is_safe_path(segment) and "/" not in segment and "\\" not in segment

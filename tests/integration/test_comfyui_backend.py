@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 import signal
 import sys
@@ -29,6 +30,7 @@ from google.rpc import error_details_pb2
 
 from comfymesh.common.v1 import execution_event_pb2 as pb
 from comfymesh.executor.v1 import executor_service_pb2, executor_service_pb2_grpc
+from gpu_executor.comfyui.backend import prompt_id_for
 from service_runtime.healthcheck import check
 from service_runtime.processes import ManagedProcess, SeaweedFSServer, free_port
 from service_runtime.transport.graph_codec import graph_to_proto
@@ -428,6 +430,71 @@ def test_a_model_only_the_bucket_holds_is_fetched_before_the_graph_is_posted(tmp
         # Fetched (verified against its sha256) and linked before ComfyUI validated the graph, as the built-in
         # engine fetches a model on first use.
         assert view.is_symlink() and view.read_bytes() == model.read_bytes()
+
+
+def _comfyui_history(executor: Executor) -> dict[str, Any]:
+    """The history of the executor's ComfyUI (prompt id → entry), read from its private port."""
+    (pid,) = executor.comfyui_pids()
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    port = argv[argv.index("--port") + 1]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/history?max_items=100", timeout=10) as answer:
+        history: dict[str, Any] = json.loads(answer.read())
+    return history
+
+
+def test_a_tenants_own_model_is_named_by_its_plain_name_and_kept_from_other_tenants(
+        tmp_path: Path, seaweedfs: SeaweedFSServer) -> None:
+    graph = recorded_prompt("ksampler_progress")
+    (loader_id, ckpt_name), = {(i, n["inputs"]["ckpt_name"]) for i, n in graph.items() if "ckpt_name" in n["inputs"]}
+    prefix = f"cu{os.urandom(4).hex()}"
+    client = seaweedfs.client()
+    client.make_bucket(f"{prefix}-models")
+    files = {}
+    for owner, key in (("acme", f"checkpoints/tenants/acme/{ckpt_name}"), ("shared", f"checkpoints/{ckpt_name}")):
+        files[owner] = tmp_path / f"{owner}.safetensors"
+        files[owner].write_bytes(os.urandom(2048))
+        client.fput_object(f"{prefix}-models", key, str(files[owner]),
+                           metadata={"sha256": hashlib.sha256(files[owner].read_bytes()).hexdigest()})
+    checkout = make_fake_checkout(tmp_path / "checkout", ReplayOptions(time_scale=0.05))
+    view = tmp_path / "comfyui" / "models-view" / "checkpoints"
+    with running_executor(tmp_path, seaweedfs, checkout, python_executable(), s3_bucket_prefix=prefix) as executor:
+        def run(execution_id: str, tenant: str, ckpt: str = ckpt_name) -> tuple[list[pb.ExecutionEvent], Any]:
+            request = request_for({**graph, loader_id: {**graph[loader_id],
+                                                         "inputs": {**graph[loader_id]["inputs"], "ckpt_name": ckpt}}},
+                                  execution_id)
+            request.tenant = tenant
+            events = executor.execute(request)
+            posted = _comfyui_history(executor).get(prompt_id_for(execution_id, 1))
+            return events, posted["prompt"][2][loader_id]["inputs"]["ckpt_name"] if posted else None
+
+        # The tenant's own model wins over the shared one of the same name, as on the built-in engine: it is
+        # fetched, linked under the tenant's path, and the graph ComfyUI runs names that path.
+        events, posted = run("tenant-own-1", "acme")
+        assert kinds(events)[-1] == "succeeded", events[-1]
+        assert posted == f"tenants/acme/{ckpt_name}"
+        assert (view / "tenants" / "acme" / ckpt_name).read_bytes() == files["acme"].read_bytes()
+        assert not (view / ckpt_name).exists()
+
+        # Another tenant naming the same plain name gets the shared model, never acme's.
+        events, posted = run("tenant-other-1", "other")
+        assert kinds(events)[-1] == "succeeded", events[-1]
+        assert posted == ckpt_name and (view / ckpt_name).read_bytes() == files["shared"].read_bytes()
+
+        # ComfyUI lists acme's link (the view is shared), but no graph may name a tenant's storage path: refused as
+        # ComfyUI refuses an unknown model, before anything is posted.
+        events, posted = run("tenant-steal-1", "other", f"tenants/acme/{ckpt_name}")
+        assert kinds(events) == ["failed"] and posted is None
+        failed = events[0].failed
+        assert not failed.retryable and reason(failed.error) == "WORKFLOW_INVALID"
+        bad = error_details_pb2.BadRequest()
+        assert any(detail.Unpack(bad) for detail in failed.error.details)
+        assert [v.field for v in bad.field_violations] == [f'graph.nodes["{loader_id}"].inputs.ckpt_name']
+
+        # The catalog the executor reports never carries tenants' paths.
+        with authed_channel(executor.address, internal_bearer()) as channel:
+            description = executor.stub(channel).Describe(
+                executor_service_pb2.DescribeRequest(include_catalog=True), timeout=30)
+        assert "tenants/" not in str(description.catalog)
 
 
 # -- an attached ComfyUI (COMFYMESH_COMFYUI_URL) ---------------------------------------------------------

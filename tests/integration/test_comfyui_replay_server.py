@@ -29,6 +29,7 @@ from PIL.PngImagePlugin import PngImageFile
 
 from service_runtime.processes import ManagedProcess, free_port
 from tests.fixtures.comfyui_replay import ReplayOptions, make_fake_checkout
+from tests.fixtures.comfyui_replay.__main__ import model_roots
 from tests.fixtures.comfyui_replay.checkout import python_executable
 from tests.fixtures.comfyui_replay.frames import decode_binary_frame
 from tests.fixtures.comfyui_replay.transcripts import (
@@ -72,6 +73,13 @@ class Replay:
         ]
         if preview_method is not None:
             argv += ["--preview-method", preview_method]
+        # An extra model paths file as the executor writes one: ComfyUI lists the model files under it.
+        self.models = root / "models"
+        (root / "models").mkdir(parents=True, exist_ok=True)
+        (root / "extra_model_paths.yaml").write_text(
+            f'mine:\n    base_path: "{self.models}"\n    checkpoints: checkpoints/\n    loras: |\n        loras/\n'
+            f'        more_loras/\n')
+        argv += ["--extra-model-paths-config", root / "extra_model_paths.yaml"]
         self.process = ManagedProcess(argv, log_path=root / "replay.log", name="comfyui-replay", cwd=root)
 
     @property
@@ -468,6 +476,30 @@ async def test_loose_match_seed_and_prefix(start_replay, session) -> None:
                                                         "type": "output"}]
     assert (replay.output / "sub" / "mine_00001_.png").is_file()
     await socket.close()
+
+
+async def test_a_model_file_listed_under_the_extra_model_paths_may_replace_the_recorded_one(
+        start_replay, session) -> None:
+    """As ComfyUI, which accepts any model file it lists: the same graph naming another listed model plays the
+    recording; naming a file that is nowhere is refused, as an unknown graph."""
+    replay = await start_replay()
+    graph = recorded_prompt("ksampler_progress")
+    (loader,) = [node for node in graph.values() if "ckpt_name" in node["inputs"]]
+    for name in ("tenants/acme/mine.safetensors", "../escape.safetensors"):
+        loader["inputs"]["ckpt_name"] = name
+        code, _ = await post_prompt(session, replay, graph, None)
+        assert code == 400, name
+    (replay.models / "checkpoints" / "tenants" / "acme").mkdir(parents=True)
+    (replay.models / "checkpoints" / "tenants" / "acme" / "mine.safetensors").write_bytes(b"weights")
+    (replay.models / "escape.safetensors").write_bytes(b"outside the folders")  # checkpoints/../escape
+    loader["inputs"]["ckpt_name"] = "tenants/acme/mine.safetensors"
+    await post_ok(session, replay, graph, None)
+    loader["inputs"]["ckpt_name"] = "../escape.safetensors"
+    code, _ = await post_prompt(session, replay, graph, None)
+    assert code == 400
+    # A folder given as several directories (a YAML block, one per line) lists all of them.
+    assert model_roots([str(replay.root / "extra_model_paths.yaml")])["loras"] == (
+        replay.models / "loras", replay.models / "more_loras")
 
 
 async def test_runtime_error(start_replay, session) -> None:

@@ -12,7 +12,7 @@ import yaml
 
 from gpu_executor.comfyui.backend import ComfyUIConfig, catalog_hash, prompt_id_for
 from gpu_executor.comfyui.frames import FrameError, Message, decode_binary, decode_text
-from gpu_executor.comfyui.models import COMFYUI_FOLDERS, ModelView, extra_model_paths
+from gpu_executor.comfyui.models import COMFYUI_FOLDERS, ModelView, extra_model_paths, without_tenant_models
 from gpu_executor.comfyui.outputs import UnsafeOutputNameError, collect, file_outputs
 from gpu_executor.comfyui.translate import WebsocketImage
 from gpu_executor.comfyui.validation import validation_failure
@@ -145,3 +145,39 @@ def test_the_executor_picks_its_engine_from_settings(tmp_path: Path) -> None:
     assert comfyui.config.url == "http://127.0.0.1:9" and comfyui.pid is None  # attached: no process of its own
     for engine in (builtin, comfyui):
         assert engine.ready is None and engine.restarts == 0 and not engine.starting and not engine.alive
+
+
+def test_tenants_private_models_are_removed_from_the_catalog_in_both_combo_shapes() -> None:
+    private = ["tenants/acme/mine.safetensors", "tenants\\acme\\win.safetensors"]
+    catalog = {
+        "CheckpointLoaderSimple": {"input": {"required": {
+            "ckpt_name": [["shared.safetensors", *private], {"tooltip": "checkpoint"}]}}},
+        "LoraLoader": {"input": {"required": {"model": ["MODEL"], "lora_name": [
+            "COMBO", {"options": ["style.safetensors", *private], "multiselect": False}]}},
+            "output_node": False},
+        # Not a model input: a choice that looks like a tenant path is any other string there.
+        "Note": {"input": {"optional": {"text": [["tenants/acme/notes.txt"]]}}},
+        "Odd": "not a class definition",
+    }
+    cleaned = without_tenant_models(catalog)
+    assert cleaned["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"] == [
+        ["shared.safetensors"], {"tooltip": "checkpoint"}]
+    assert cleaned["LoraLoader"]["input"]["required"]["lora_name"] == [
+        "COMBO", {"options": ["style.safetensors"], "multiselect": False}]
+    assert cleaned["LoraLoader"]["input"]["required"]["model"] == ["MODEL"] and not cleaned["LoraLoader"][
+        "output_node"]
+    assert cleaned["Note"] == catalog["Note"] and cleaned["Odd"] == "not a class definition"
+    assert "tenants/acme/mine.safetensors" in catalog["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
+
+
+def test_a_tenants_model_is_found_only_for_that_tenant(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    (models / "checkpoints" / "tenants" / "acme").mkdir(parents=True)
+    (models / "checkpoints" / "tenants" / "acme" / "mine.safetensors").write_bytes(b"weights")
+    view = ModelView(models, tmp_path / "view", None)
+    assert view.tenant_model("mine.safetensors", "acme") == "tenants/acme/mine.safetensors"
+    assert view.tenant_model("checkpoints/mine.safetensors", "acme") == "tenants/acme/mine.safetensors"
+    for name, tenant in (("mine.safetensors", "other"), ("mine.safetensors", "default"), ("mine.safetensors", ""),
+                         ("mine.safetensors", "../acme"), ("../tenants/acme/mine.safetensors", "x"),
+                         ("absent.safetensors", "acme")):
+        assert view.tenant_model(name, tenant) is None, (name, tenant)
