@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -135,7 +136,11 @@ async def test_metrics_count_requests_and_errors_by_reason(server: GrpcServer) -
     async with grpc.aio.insecure_channel(server.address) as channel:
         with pytest.raises(grpc.aio.AioRpcError):
             await queue_service_pb2_grpc.QueueServiceStub(channel).GetJob(queue_service_pb2.GetJobRequest(job_id="x"))
-    assert REGISTRY.get_sample_value("api_requests_total", labels) == before + 1
+    # The server counts the RPC once its handler has returned, which may be just after the client got the status
+    # (an aborted call sends it first): wait for the count, boundedly.
+    async with asyncio.timeout(10):
+        while REGISTRY.get_sample_value("api_requests_total", labels) != before + 1:
+            await asyncio.sleep(0.01)
     assert REGISTRY.get_sample_value("api_errors_total", {**labels, "reason": "RESOURCE_NOT_FOUND"}) == \
         errors_before + 1
     assert (REGISTRY.get_sample_value("api_request_duration_seconds_count", labels) or 0) >= 1
