@@ -85,6 +85,11 @@ async def test_unexpected_error_is_opaque_internal_with_request_id(server: GrpcS
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await queue_service_pb2_grpc.QueueServiceStub(channel).GetJob(
                     queue_service_pb2.GetJobRequest(job_id="crash"), metadata=[("x-request-id", "req-123")])
+        # The access line is written once the handler has returned, which may be just after the client got the
+        # status: keep listening for it, boundedly.
+        async with asyncio.timeout(10):
+            while "rpc /comfymesh.queue.v1.QueueService/GetJob" not in stream.getvalue():
+                await asyncio.sleep(0.01)
     finally:
         logging.getLogger().removeHandler(handler)
     assert caught.value.code() == grpc.StatusCode.INTERNAL
