@@ -37,6 +37,7 @@ from comfymesh.workflow.v1 import workflow_service_pb2 as workflow_pb
 from comfymesh.workflow.v1 import workflow_service_pb2_grpc as workflow_grpc
 
 T = TypeVar("T")
+P = TypeVar("P")  # a List RPC's response page
 
 
 class _Calls:
@@ -51,6 +52,17 @@ class _Calls:
             return await method(request, metadata=self.metadata, timeout=seconds or self.timeout)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
+
+    async def pages(self, method: Callable[..., Awaitable[P]], request: Any,
+                    items: Callable[[P], Iterable[T]]) -> AsyncIterator[T]:
+        """The items of a List RPC across all its pages (`request.page_token` is advanced in place)."""
+        while True:
+            page: Any = await self.unary(method, request)
+            for item in items(page):
+                yield item
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
 
     async def stream(self, method: Callable[..., Any], request: object,
                      seconds: float | None = None) -> AsyncIterator[Any]:
@@ -131,17 +143,15 @@ class AsyncComfyMesh:
                    limit: int | None = None, page_size: int = 0) -> AsyncIterator[execution_pb2.Execution]:
         """The caller's executions, newest first, across pages (at most `limit`)."""
         request = requests.list_request(states=states, labels=labels, page_size=page_size)
+        if limit is not None and limit <= 0:
+            return
         yielded = 0
-        while True:
-            page = await self._calls.unary(self._workflow.ListExecutions, request)
-            for execution in page.executions:
-                if limit is not None and yielded >= limit:
-                    return
-                yield execution
-                yielded += 1
-            if not page.next_page_token:
+        async for execution in self._calls.pages(self._workflow.ListExecutions, request,
+                                                 lambda page: page.executions):
+            yield execution
+            yielded += 1
+            if limit is not None and yielded >= limit:
                 return
-            request.page_token = page.next_page_token
 
     async def cancel(self, execution_id: str, reason: str = "") -> execution_pb2.Execution:
         """Cancels a queued or running execution (EXECUTION_FINISHED when it already ended)."""
@@ -260,13 +270,8 @@ class AsyncModels:
         request = model_pb.ListModelsRequest(name_contains=name_contains)
         if kind is not None:
             request.kind = requests.model_kind(kind)
-        while True:
-            page = await self._calls.unary(self._stub.ListModels, request)
-            for model in page.models:
-                yield model
-            if not page.next_page_token:
-                return
-            request.page_token = page.next_page_token
+        async for model in self._calls.pages(self._stub.ListModels, request, lambda page: page.models):
+            yield model
 
     async def delete(self, model_id: str) -> None:
         """Deletes a model (MODEL_IN_USE while queued or running executions reference it)."""
@@ -290,13 +295,8 @@ class AsyncKeys:
 
     async def list(self, *, principal_id: str = "") -> AsyncIterator[auth_pb.ApiKey]:
         request = auth_pb.ListApiKeysRequest(principal_id=principal_id)
-        while True:
-            page = await self._calls.unary(self._stub.ListApiKeys, request)
-            for key in page.api_keys:
-                yield key
-            if not page.next_page_token:
-                return
-            request.page_token = page.next_page_token
+        async for key in self._calls.pages(self._stub.ListApiKeys, request, lambda page: page.api_keys):
+            yield key
 
     async def revoke(self, key_id: str) -> auth_pb.ApiKey:
         return await self._calls.unary(self._stub.RevokeApiKey, auth_pb.RevokeApiKeyRequest(key_id=key_id))
@@ -323,13 +323,9 @@ class AsyncWebhooks:
 
     async def list(self) -> AsyncIterator[webhook_pb.Subscription]:
         request = webhook_pb.ListSubscriptionsRequest()
-        while True:
-            page = await self._calls.unary(self._stub.ListSubscriptions, request)
-            for subscription in page.subscriptions:
-                yield subscription
-            if not page.next_page_token:
-                return
-            request.page_token = page.next_page_token
+        async for subscription in self._calls.pages(self._stub.ListSubscriptions, request,
+                                                    lambda page: page.subscriptions):
+            yield subscription
 
     async def delete(self, subscription_id: str) -> None:
         await self._calls.unary(self._stub.DeleteSubscription,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import itertools
 import os
 import time
 import uuid
@@ -10,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import grpc
 
@@ -34,6 +35,7 @@ from comfymesh.workflow.v1 import workflow_service_pb2 as workflow_pb
 from comfymesh.workflow.v1 import workflow_service_pb2_grpc as workflow_grpc
 
 T = TypeVar("T")
+P = TypeVar("P")  # a List RPC's response page
 DEFAULT_TIMEOUT = 30.0
 TRANSFER_TIMEOUT = 600.0  # model uploads and output downloads move real bytes
 
@@ -50,6 +52,15 @@ class _Calls:
             return method(request, metadata=self.metadata, timeout=timeout or self.timeout)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
+
+    def pages(self, method: Callable[..., P], request: Any, items: Callable[[P], Iterable[T]]) -> Iterator[T]:
+        """The items of a List RPC across all its pages (`request.page_token` is advanced in place)."""
+        while True:
+            page: Any = self.unary(method, request)
+            yield from items(page)
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
 
     def stream(self, method: Callable[..., Iterator[T]], request: object,
                timeout: float | None = None) -> Iterator[T]:
@@ -134,17 +145,8 @@ class ComfyMesh:
              limit: int | None = None, page_size: int = 0) -> Iterator[execution_pb2.Execution]:
         """The caller's executions, newest first, across pages (at most `limit`)."""
         request = requests.list_request(states=states, labels=labels, page_size=page_size)
-        yielded = 0
-        while True:
-            page = self._calls.unary(self._workflow.ListExecutions, request)
-            for execution in page.executions:
-                if limit is not None and yielded >= limit:
-                    return
-                yield execution
-                yielded += 1
-            if not page.next_page_token:
-                return
-            request.page_token = page.next_page_token
+        executions = self._calls.pages(self._workflow.ListExecutions, request, lambda page: page.executions)
+        yield from itertools.islice(executions, limit)
 
     def cancel(self, execution_id: str, reason: str = "") -> execution_pb2.Execution:
         """Cancels a queued or running execution (EXECUTION_FINISHED when it already ended)."""
@@ -245,12 +247,7 @@ class Models:
         request = model_pb.ListModelsRequest(name_contains=name_contains)
         if kind is not None:
             request.kind = requests.model_kind(kind)
-        while True:
-            page = self._calls.unary(self._stub.ListModels, request)
-            yield from page.models
-            if not page.next_page_token:
-                return
-            request.page_token = page.next_page_token
+        yield from self._calls.pages(self._stub.ListModels, request, lambda page: page.models)
 
     def delete(self, model_id: str) -> None:
         """Deletes a model (MODEL_IN_USE while queued or running executions reference it)."""
@@ -274,12 +271,7 @@ class Keys:
 
     def list(self, *, principal_id: str = "") -> Iterator[auth_pb.ApiKey]:
         request = auth_pb.ListApiKeysRequest(principal_id=principal_id)
-        while True:
-            page = self._calls.unary(self._stub.ListApiKeys, request)
-            yield from page.api_keys
-            if not page.next_page_token:
-                return
-            request.page_token = page.next_page_token
+        yield from self._calls.pages(self._stub.ListApiKeys, request, lambda page: page.api_keys)
 
     def revoke(self, key_id: str) -> auth_pb.ApiKey:
         return self._calls.unary(self._stub.RevokeApiKey, auth_pb.RevokeApiKeyRequest(key_id=key_id))
@@ -306,12 +298,7 @@ class Webhooks:
 
     def list(self) -> Iterator[webhook_pb.Subscription]:
         request = webhook_pb.ListSubscriptionsRequest()
-        while True:
-            page = self._calls.unary(self._stub.ListSubscriptions, request)
-            yield from page.subscriptions
-            if not page.next_page_token:
-                return
-            request.page_token = page.next_page_token
+        yield from self._calls.pages(self._stub.ListSubscriptions, request, lambda page: page.subscriptions)
 
     def delete(self, subscription_id: str) -> None:
         self._calls.unary(self._stub.DeleteSubscription,

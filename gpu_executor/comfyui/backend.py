@@ -48,7 +48,7 @@ from gpu_executor.comfyui.process import ComfyLayout, ComfyProcess, ComfyStartEr
 from gpu_executor.comfyui.translate import Completed, PromptTranslator
 from gpu_executor.comfyui.validation import validation_failure
 from gpu_executor.engine.events import Cancelled, Event, Failed, Succeeded
-from gpu_executor.engine.model_inputs import is_model_input, model_names
+from gpu_executor.engine.model_inputs import model_inputs, model_names
 from gpu_executor.model_tiers.resolver import ResolverConfig
 from gpu_executor.model_tiers.state import CacheState, PrefetchOutcome
 from gpu_executor.worker.child import Job, Ready
@@ -365,12 +365,9 @@ class ComfyUIBackend:
         if not private:
             return prompt
         rewritten = copy.deepcopy(prompt)
-        for node in rewritten.values():
-            inputs = node.get("inputs") if isinstance(node, dict) else None
-            if isinstance(inputs, dict):
-                for input_name, value in inputs.items():
-                    if isinstance(value, str) and value in private and is_model_input(input_name):
-                        inputs[input_name] = private[value]
+        for _node_id, inputs, input_name, value in list(model_inputs(rewritten)):
+            if value in private:
+                inputs[input_name] = private[value]  # type: ignore[index]  # the graph's own dict
         return rewritten
 
     async def _fetch_models(self, prompt: dict[str, Any]) -> None:
@@ -538,15 +535,11 @@ def _tenant_paths_named(prompt: dict[str, Any]) -> dict[str, Any]:
     paths of tenants' private models, which ComfyUI lists (they are linked into the shared view) but no graph may
     name. Empty when there is none. The refusal is ComfyUI's own "value not in list", as for any unknown model."""
     errors: dict[str, Any] = {}
-    for node_id, node in prompt.items():
-        inputs = node.get("inputs") if isinstance(node, dict) else None
-        if not isinstance(inputs, dict):
-            continue
-        for input_name, value in inputs.items():
-            if isinstance(value, str) and is_model_input(input_name) and is_tenant_path(value):
-                entry = errors.setdefault(str(node_id), {"errors": [], "dependent_outputs": [],
-                                                         "class_type": node.get("class_type", "")})
-                entry["errors"].append({"type": "value_not_in_list", "message": "Value not in list",
-                                        "details": f"{input_name}: '{value}' not in list",
-                                        "extra_info": {"input_name": input_name, "received_value": value}})
+    for node_id, _inputs, input_name, value in model_inputs(prompt):
+        if is_tenant_path(value):
+            entry = errors.setdefault(node_id, {"errors": [], "dependent_outputs": [],
+                                                "class_type": prompt[node_id].get("class_type", "")})
+            entry["errors"].append({"type": "value_not_in_list", "message": "Value not in list",
+                                    "details": f"{input_name}: '{value}' not in list",
+                                    "extra_info": {"input_name": input_name, "received_value": value}})
     return errors

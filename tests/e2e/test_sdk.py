@@ -92,6 +92,11 @@ def test_submit_with_overrides_watch_wait_get_list_and_download(mesh: ComfyMesh,
     listed = list(mesh.list(labels={"sdk": label}))
     assert [e.id for e in listed] == [execution.id]
     assert execution.id in [e.id for e in mesh.list(states=["succeeded"], limit=50)]
+    # Across pages: one execution a page gives the same list, and `limit` stops within it.
+    everything = [e.id for e in mesh.list()]
+    assert [e.id for e in mesh.list(page_size=1)] == everything and len(everything) >= 1
+    assert [e.id for e in mesh.list(page_size=1, limit=2)] == everything[:2]
+    assert list(mesh.list(limit=0)) == []
 
     [path] = mesh.download_outputs(execution.id, tmp_path / "out")
     data = path.read_bytes()
@@ -288,6 +293,10 @@ async def test_the_async_client(endpoints: Endpoints, tmp_path: Path) -> None:
         final = await mesh.wait(execution.id, timeout=60)
         assert ExecutionState(final.state) is ExecutionState.SUCCEEDED
         assert execution.id in [e.id async for e in mesh.list(limit=20)]
+        everything = [e.id async for e in mesh.list()]
+        assert [e.id async for e in mesh.list(page_size=1)] == everything and len(everything) >= 2
+        assert [e.id async for e in mesh.list(page_size=1, limit=2)] == everything[:2]
+        assert [e async for e in mesh.list(limit=0)] == []
         [path] = await mesh.download_outputs(final, tmp_path)
         with Image.open(path) as image:
             assert image.size == (20, 10)

@@ -32,6 +32,7 @@ from tests.fixtures.comfyui_replay import ReplayOptions, make_fake_checkout
 from tests.fixtures.comfyui_replay.__main__ import model_roots
 from tests.fixtures.comfyui_replay.checkout import python_executable
 from tests.fixtures.comfyui_replay.frames import decode_binary_frame
+from tests.fixtures.comfyui_replay.server import replace_strings
 from tests.fixtures.comfyui_replay.transcripts import (
     TranscriptsNotFoundError,
     read_transcript,
@@ -213,25 +214,15 @@ def _blank(value: Any) -> Any:
     return value
 
 
-def _rename(value: Any, mapping: dict[str, str]) -> Any:
-    if isinstance(value, str):
-        return mapping.get(value, value)
-    if isinstance(value, list):
-        return [_rename(v, mapping) for v in value]
-    if isinstance(value, dict):
-        return {mapping.get(k, k): _rename(v, mapping) for k, v in value.items()}
-    return value
-
-
 def normalize_binary(data: bytes, mapping: dict[str, str]) -> tuple[Any, ...]:
     decoded = decode_binary_frame(data)
-    metadata = _rename(decoded.metadata, mapping) if decoded.metadata is not None else None
+    metadata = replace_strings(decoded.metadata, mapping) if decoded.metadata is not None else None
     return ("binary", decoded.event_type, decoded.image_type, hashlib.sha256(decoded.image).hexdigest(), metadata)
 
 
 def normalize_live(frames: list[Frame], mapping: dict[str, str]) -> list[Any]:
     return [
-        normalize_binary(f, mapping) if isinstance(f, bytes) else _blank(_rename(json.loads(f), mapping))
+        normalize_binary(f, mapping) if isinstance(f, bytes) else _blank(replace_strings(json.loads(f), mapping))
         for f in frames
     ]
 
@@ -359,7 +350,7 @@ def assert_same_history(scenario: str, entry: dict[str, Any], prompt_id: str, cl
     mapping = {prompt_id: recorded_prompt_id}
     if client_id is not None:
         mapping[client_id] = recorded_client
-    live = _blank(_rename(entry, mapping))
+    live = _blank(replace_strings(entry, mapping))
     want = _blank(recorded_history(scenario, recorded_prompt_id))
     live["prompt"][0] = want["prompt"][0]  # the queue number depends on what ran before
     assert live == want
